@@ -1,0 +1,81 @@
+"""The ``vlmtune`` command: one sub-command per verb of the pipeline.
+
+    synth -> prepare -> init-model -> train -> eval / predict -> merge;  demo runs them all.
+
+Each verb lives in its own module (``vlmtune.cli.<verb>``) exposing ``command``;
+this module only registers them and turns configuration errors into a one-line
+message and exit code 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from vlmtune import __version__
+from vlmtune.utils.config import ConfigError
+from vlmtune.utils.logging import configure_logging
+
+__all__ = ["app", "main"]
+
+# (verb, module under vlmtune.cli). Order is the order of `vlmtune --help`.
+VERBS: list[tuple[str, str]] = []
+
+app = typer.Typer(
+    name="vlmtune",
+    help="Fine-tune Phi-3-Vision on product catalogs: from a catalog to a model that writes the listing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"vlmtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    configure_logging("DEBUG" if verbose else "INFO")
+
+
+def _register() -> None:
+    for verb, module_name in VERBS:
+        module = importlib.import_module(f"vlmtune.cli.{module_name}")
+        app.command(verb, help=module.command.__doc__)(module.command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except ConfigError as err:
+        typer.echo(f"vlmtune: configuration error: {err}", err=True)
+        return 2
+    except typer.Exit as exit_:
+        return exit_.exit_code
+    except typer.Abort:
+        typer.echo("vlmtune: aborted", err=True)
+        return 130
+    except Exception as err:  # click usage errors carry their own exit code
+        code = getattr(err, "exit_code", None)
+        if code is not None and hasattr(err, "show"):
+            err.show()
+            return code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Atomic file writes: write to a temporary file in the same folder, fsync, rename.
+
+A reader (or a crashed writer's next run) therefore sees either the old file or
+the complete new one, never a partial file. ``os.replace`` is atomic on POSIX
+and on Windows when source and target are on the same filesystem, which a
+sibling temporary file guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    The caller writes the whole file to the yielded path (with any library that
+    takes a path: pandas, PIL, safetensors). On an exception the temporary file
+    is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically; return the target path."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``target`` atomically; return the target path."""
+    return atomic_write_bytes(target, text.encode(encoding))
+
+
+def atomic_write_json(target: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as UTF-8 JSON (non-ASCII kept as is) atomically; return the target path."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=False, default=str)
+    return atomic_write_text(target, text + "\n")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

@@ -1,0 +1,32 @@
+"""Atomic writes: the target is either the old file or the complete new one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmtune.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_creates_parents_and_content(tmp_path):
+    target = tmp_path / "a" / "b" / "file.txt"
+    atomic_write_text(target, "héllo 中文")
+    assert target.read_text(encoding="utf-8") == "héllo 中文"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "data.bin"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half-writ")
+        raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_atomic_json_keeps_non_ascii(tmp_path):
+    target = atomic_write_json(tmp_path / "x.json", {"category": "围巾", "n": 3})
+    assert "围巾" in target.read_text(encoding="utf-8")
+    assert json.loads(target.read_text(encoding="utf-8")) == {"category": "围巾", "n": 3}
