@@ -21,7 +21,10 @@ from vlmtune.utils.logging import configure_logging
 __all__ = ["app", "main"]
 
 # (verb, module under vlmtune.cli). Order is the order of `vlmtune --help`.
-VERBS: list[tuple[str, str]] = []
+VERBS: list[tuple[str, str]] = [
+    ("synth", "synth"),
+    ("serve-images", "serve_images"),
+]
 
 app = typer.Typer(
     name="vlmtune",

@@ -1,0 +1,60 @@
+"""``serve_directory``: serve a folder over HTTP on 127.0.0.1 (a free port) for demos and tests.
+
+A quiet :class:`http.server.ThreadingHTTPServer` in a background thread. Only
+files below the folder are reachable (the standard handler resolves ``..`` and
+drops it); directory listings are refused, so a missing file is always a 404.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+__all__ = ["ImageServer", "serve_directory"]
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    """Static files only: no request log on stderr, no directory listings."""
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base class
+        pass
+
+    def list_directory(self, path):
+        self.send_error(404, "Not Found")
+        return None
+
+
+@dataclass(frozen=True)
+class ImageServer:
+    """A running server: ``url`` ends with ``/``; ``root`` is the folder served."""
+
+    url: str
+    root: Path
+    port: int
+
+
+@contextmanager
+def serve_directory(
+    folder: str | Path, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[ImageServer]:
+    """Serve ``folder`` at ``http://127.0.0.1:PORT/`` until the ``with`` block ends (port 0 = a free one)."""
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"cannot serve {str(folder)!r}: not a folder")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="vlmtune-serve", daemon=True)
+    thread.start()
+    try:
+        bound = server.server_address[1]
+        yield ImageServer(url=f"http://{host}:{bound}/", root=root, port=bound)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
