@@ -23,6 +23,7 @@ __all__ = ["app", "main"]
 # (verb, module under vlmtune.cli). Order is the order of `vlmtune --help`.
 VERBS: list[tuple[str, str]] = [
     ("synth", "synth"),
+    ("prepare", "prepare"),
     ("serve-images", "serve_images"),
 ]
 
