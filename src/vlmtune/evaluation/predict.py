@@ -1,0 +1,174 @@
+"""``vlmtune predict``: a listing for each product photo, written as CSV.
+
+Inputs are image files and folders (a folder contributes the files under it
+whose suffix is an image suffix, recursively, in sorted order). Every input
+that cannot be used (missing path, empty folder, unreadable or corrupt image)
+becomes a row with an ``error`` and a warning, and the other images are still
+processed. Photos are turned upright by their EXIF orientation before the
+model sees them. The CSV has the columns ``image``, the catalog's title,
+category and price columns (DBQ names by default), ``raw_text`` and ``error``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+
+from vlmtune.data.catalog import CatalogColumns
+from vlmtune.data.prompts import PromptTemplate
+from vlmtune.evaluation.args import GenerationArgs, PredictArgs
+from vlmtune.evaluation.generate import generate_listings
+from vlmtune.models.loading import load_model_and_processor
+from vlmtune.utils.io import atomic_path
+from vlmtune.utils.logging import get_logger
+from vlmtune.utils.seeding import seed_everything
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PredictResult",
+    "collect_images",
+    "predict_images",
+    "read_image",
+    "run_predict",
+    "write_predictions_csv",
+]
+
+log = get_logger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+@dataclass
+class PredictResult:
+    """One row per input image (in input order) and the path of the CSV written."""
+
+    rows: list[dict[str, Any]]
+    """``image``, ``title``, ``category``, ``price``, ``raw_text``, ``error`` (None when fine)."""
+    out: Path | None = None
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Rows whose image could not be used."""
+        return [r for r in self.rows if r["error"]]
+
+
+def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files named by ``inputs`` (folders expanded) and the inputs that name none, with why."""
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(
+                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append(
+                    (item, f"folder has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                )
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            problems.append((item, "no such file or folder"))
+    unique = list(dict.fromkeys(files))
+    return unique, problems
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """The image as upright RGB; raises ``ValueError`` naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable image: {err}") from err
+
+
+def predict_images(
+    model: Any,
+    processor: Any,
+    paths: Sequence[Path],
+    template: PromptTemplate,
+    gen: GenerationArgs | None = None,
+) -> list[dict[str, Any]]:
+    """Generate and parse a listing per path, ``gen.batch_size`` at a time; unreadable files get an error row."""
+    gen = gen or GenerationArgs()
+    rows: list[dict[str, Any]] = []
+    model.eval()
+    for start in range(0, len(paths), gen.batch_size):
+        chunk_rows, images = [], []
+        for path in paths[start : start + gen.batch_size]:
+            try:
+                images.append(read_image(path))
+                chunk_rows.append(_row(path, None))
+            except ValueError as err:
+                log.warning("skipped %s", err)
+                chunk_rows.append(_row(path, str(err)))
+        texts = iter(generate_listings(model, processor, images, template, gen) if images else [])
+        for row in chunk_rows:
+            if row["error"] is None:
+                _fill(row, next(texts), template)
+        rows += chunk_rows
+        log.info("predicted %d/%d image(s)", len(rows), len(paths))
+    return rows
+
+
+def write_predictions_csv(
+    path: str | Path, rows: Sequence[dict[str, Any]], columns: CatalogColumns
+) -> Path:
+    """Write ``rows`` as CSV with the catalog's column names (atomically)."""
+    header = ["image", columns.title, columns.category, columns.price, "raw_text", "error"]
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for r in rows:
+            price = "" if r["price"] is None else f"{r['price']:.2f}"
+            writer.writerow(
+                [
+                    r["image"],
+                    r["title"] or "",
+                    r["category"] or "",
+                    price,
+                    r["raw_text"] or "",
+                    r["error"] or "",
+                ]
+            )
+    return Path(path)
+
+
+def run_predict(args: PredictArgs) -> PredictResult:
+    """Load ``args.model``, predict every input image, write ``args.out``."""
+    seed_everything(args.seed)
+    paths, problems = collect_images(args.inputs)
+    for path, reason in problems:
+        log.warning("skipped %s: %s", path, reason)
+    rows: list[dict[str, Any]] = []
+    if paths:
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        model, processor = load_model_and_processor(args.model, dtype=dtype, device=args.device)
+        rows = predict_images(model, processor, paths, PromptTemplate(args.prompt), args.generation)
+    rows += [_row(path, reason) for path, reason in problems]
+    out = write_predictions_csv(args.out, rows, args.columns)
+    return PredictResult(rows=rows, out=out)
+
+
+def _row(path: Path, error: str | None) -> dict[str, Any]:
+    return {
+        "image": str(path),
+        "title": None,
+        "category": None,
+        "price": None,
+        "raw_text": None,
+        "error": error,
+    }
+
+
+def _fill(row: dict[str, Any], text: str, template: PromptTemplate) -> None:
+    parsed = template.parse(text)
+    row.update(title=parsed.title, category=parsed.category, price=parsed.price, raw_text=text)
