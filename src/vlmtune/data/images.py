@@ -41,6 +41,7 @@ DEFAULT_MAX_PIXELS = (
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HTML_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body")
 _STEM_CHARS = 80
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 class ImageRejected(ValueError):
@@ -91,9 +92,8 @@ def process_image(
     changed = False
     if image.mode != "RGB":
         image, changed = _to_rgb(image), True
-    transposed = ImageOps.exif_transpose(image)
-    if transposed is not image:
-        image, changed = transposed.convert("RGB"), True
+    if image.getexif().get(_ORIENTATION, 1) != 1:  # a rotated camera JPEG: store it upright
+        image, changed = ImageOps.exif_transpose(image).convert("RGB"), True
     if max_side is not None and max(image.size) > max_side:
         image = image.copy()
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
