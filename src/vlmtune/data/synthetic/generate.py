@@ -155,7 +155,7 @@ def sample_product(seed: int, index: int, price_noise: float = 0.0) -> Synthetic
         scale=float(rng.uniform(0.6, 0.9)), pos_x=float(rng.random()), pos_y=float(rng.random()),
         angle=float(rng.uniform(-8, 8)),
         background=(round(min(255.0, grey + 4 * beige)), round(grey), round(grey - 10 * beige)),
-        light_angle=float(rng.uniform(0, 2 * math.pi)), light_strength=float(rng.uniform(0.02, 0.1)),
+        light_angle=float(rng.uniform(0, 2 * math.pi)), light_strength=float(rng.uniform(0.02, 0.07)),
         quality=int(rng.integers(80, 96)), noise_seed=int(rng.integers(2**31)),
     )  # fmt: skip
     code = f"8{seed % 10}{index:06d}"

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from vlmtune.data.synthetic.shapes import ASPECT, DETAIL_COLOURS, Primitive, shape_primitives
 from vlmtune.data.synthetic.vocab import COLOURS
@@ -74,17 +74,14 @@ def render_product(params: RenderParams, size: tuple[int, int]) -> Image.Image:
     width, height = size
     bw, bh = _object_box(params, width, height)
     body, details = _draw_masks(shape_primitives(params.type_key, params.material), bw, bh)
-    rng = np.random.default_rng(params.noise_seed)
-    surface = _surface(params, bw, bh, rng)
-    alpha = np.maximum(body, details[..., 3]).astype(np.float32) / 255.0
-    d_alpha = details[..., 3:4].astype(np.float32) / 255.0
-    obj = surface * (1.0 - d_alpha) + details[..., :3].astype(np.float32) * d_alpha
-    rgba = np.dstack([np.clip(obj, 0, 255), alpha * 255.0]).astype(np.uint8)
-    layer = Image.fromarray(rgba, "RGBA").rotate(params.angle, Image.BICUBIC, expand=True)
-    frame = _background(params, width, height)
-    frame = _composite(frame, np.asarray(layer, dtype=np.float32), params)
-    frame *= _lighting(params, width, height)[..., None]
-    return Image.fromarray(np.clip(frame + 0.5, 0, 255).astype(np.uint8), "RGB")
+    surface = _surface(params, bw, bh, np.random.default_rng(params.noise_seed))
+    layer = Image.fromarray(np.clip(surface + 0.5, 0, 255).astype(np.uint8), "RGB")
+    layer.paste(details, (0, 0), details)
+    layer.putalpha(ImageChops.lighter(body, details.getchannel("A")))
+    layer = layer.rotate(params.angle, Image.BILINEAR, expand=True)
+    frame = Image.new("RGB", size, params.background)
+    _place(frame, layer, params)
+    return ImageChops.multiply(frame, _lighting(params, width, height))
 
 
 def render_jpeg(params: RenderParams, size: tuple[int, int]) -> bytes:
@@ -111,8 +108,8 @@ def _object_box(params: RenderParams, width: int, height: int) -> tuple[int, int
     return max(8, round(bw * shrink)), max(8, round(bh * shrink))
 
 
-def _draw_masks(prims: list[Primitive], bw: int, bh: int) -> tuple[np.ndarray, np.ndarray]:
-    """Body mask (bh, bw) uint8 and details RGBA (bh, bw, 4) uint8."""
+def _draw_masks(prims: list[Primitive], bw: int, bh: int) -> tuple[Image.Image, Image.Image]:
+    """Body mask (``L``, 255 inside) and details layer (``RGBA``), both ``bw x bh``."""
     body = Image.new("L", (bw, bh), 0)
     details = Image.new("RGBA", (bw, bh), (0, 0, 0, 0))
     draw_body, draw_detail = ImageDraw.Draw(body), ImageDraw.Draw(details)
@@ -125,7 +122,7 @@ def _draw_masks(prims: list[Primitive], bw: int, bh: int) -> tuple[np.ndarray, n
                 _draw(draw_detail, prim, bw, bh, short, (0, 0, 0, 0))
         else:
             _draw(draw_detail, prim, bw, bh, short, (*DETAIL_COLOURS[prim.target], 255))
-    return np.asarray(body), np.asarray(details)
+    return body, details
 
 
 def _draw(draw: ImageDraw.ImageDraw, prim: Primitive, bw: int, bh: int, short: int, fill) -> None:
@@ -172,6 +169,8 @@ def _surface(params: RenderParams, bw: int, bh: int, rng: np.random.Generator) -
     v = np.arange(bh, dtype=np.float32)[:, None]
     length = math.sqrt(bw * bh)  # pattern scale follows the object's size, not its aspect
     albedo = _pattern(params, u, v, length, bw, bh)
+    if params.material == "cashmere":  # fuzzy fibres: the pattern's edges go soft
+        albedo = _blur_rgb(albedo, max(2, round(0.035 * length)))
     mult, add = _material(params.material, u, v, length, bw, bh, rng)
     return albedo * mult[..., None] + add[..., None]
 
@@ -223,20 +222,21 @@ def _material(material: str, u, v, length: float, bw: int, bh: int, rng: np.rand
         mult = 0.72 + 0.28 * np.clip(rim, 0, 1)
         add = 150.0 * np.exp(-(((un - 0.33) / 0.2) ** 2 + ((vn - 0.3) / 0.16) ** 2))
         return mult + zeros, add + zeros
-    if material == "nylon":
+    if material == "nylon":  # quilted: dark stitched seams on a diamond grid, puffy cells
         q = 0.16 * length
         a = np.abs(np.sin(np.pi * (u + v) / q))
         b = np.abs(np.sin(np.pi * (u - v) / q))
-        return 0.5 + 0.6 * np.sqrt(np.minimum(a, b)), 18.0 + zeros
-    if material == "wool":
-        r = 0.085 * length
-        ribs = np.abs(np.sin(np.pi * u / r)) ** 0.7
-        rows = 0.9 + 0.1 * np.abs(np.sin(np.pi * v / (0.6 * r)))
-        return (0.55 + 0.5 * ribs) * rows, zeros
-    if material == "cashmere":
+        cell = np.minimum(a, b)
+        return np.where(cell < 0.22, 0.42, 0.72 + 0.38 * np.sqrt(cell)), 16.0 + zeros
+    if material == "wool":  # chunky knit: deep vertical ribs and stitch rows
+        r = 0.1 * length
+        ribs = np.abs(np.sin(np.pi * u / r)) ** 0.6
+        rows = 0.88 + 0.12 * np.abs(np.sin(np.pi * v / (0.5 * r)))
+        return (0.42 + 0.62 * ribs) * rows, zeros
+    if material == "cashmere":  # soft blotchy fuzz, lighter and hazy
         blotch = _smooth_noise(rng, bw, bh, cells=7)
         fuzz = rng.random((bh, bw), dtype=np.float32)
-        return 0.82 + 0.36 * blotch + 0.12 * fuzz, 14.0 + zeros
+        return 0.7 + 0.45 * blotch + 0.16 * fuzz, 30.0 + zeros
     if material == "silk":
         wave = np.sin(2 * np.pi * (0.8 * u + 0.5 * v) / (0.42 * length)) ** 2
         return 0.8 + 0.15 * wave + zeros, 95.0 * wave**4
@@ -262,44 +262,42 @@ def _smooth_noise(rng: np.random.Generator, bw: int, bh: int, cells: int) -> np.
     return np.asarray(grid.resize((bw, bh), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
+def _blur_rgb(img: np.ndarray, factor: int) -> np.ndarray:
+    """Cheap blur of a (h, w, 3) float image: shrink by ``factor`` and grow back bilinearly."""
+    h, w = img.shape[:2]
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+    small = pil.resize((max(1, w // factor), max(1, h // factor)), Image.BILINEAR)
+    return np.asarray(small.resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- photography
 
 
-def _background(params: RenderParams, width: int, height: int) -> np.ndarray:
-    base = np.array(params.background, np.float32)
-    ramp = 1.0 - 0.05 * (np.arange(height, dtype=np.float32) / height)[:, None, None]
-    return np.broadcast_to(base * ramp, (height, width, 3)).copy()
-
-
-def _composite(frame: np.ndarray, layer: np.ndarray, params: RenderParams) -> np.ndarray:
-    """Place the rotated object (with a soft offset shadow) in the free room of the frame."""
-    height, width = frame.shape[:2]
-    lh, lw = layer.shape[:2]
+def _place(frame: Image.Image, layer: Image.Image, params: RenderParams) -> None:
+    """Paste the rotated object, with a soft offset shadow, into the free room of the frame."""
+    width, height = frame.size
+    lw, lh = layer.size
     x0 = round(max(0, width - lw) * params.pos_x)
     y0 = round(max(0, height - lh) * params.pos_y)
-    lw, lh = min(lw, width - x0), min(lh, height - y0)
-    layer = layer[:lh, :lw]
-    alpha = layer[..., 3:4] / 255.0
-    shadow = _soft(alpha[..., 0], factor=6)
-    sx, sy = min(width - x0 - lw, max(2, lw // 30)), min(height - y0 - lh, max(2, lh // 25))
-    region = frame[y0 + sy : y0 + sy + lh, x0 + sx : x0 + sx + lw]
-    region *= 1.0 - 0.22 * shadow[: region.shape[0], : region.shape[1], None]
-    target = frame[y0 : y0 + lh, x0 : x0 + lw]
-    target[:] = target * (1.0 - alpha) + layer[..., :3] * alpha
-    return frame
+    alpha = layer.getchannel("A")
+    small = alpha.resize((max(1, lw // 6), max(1, lh // 6)), Image.BILINEAR)
+    shadow = small.resize((lw, lh), Image.BILINEAR).point(lambda a: a * 22 // 100)
+    offset = (x0 + max(2, lw // 30), y0 + max(2, lh // 25))
+    frame.paste((0, 0, 0), (*offset, offset[0] + lw, offset[1] + lh), shadow)
+    frame.paste(layer, (x0, y0), layer)
 
 
-def _soft(mask: np.ndarray, factor: int) -> np.ndarray:
-    """Cheap blur: shrink by ``factor`` and grow back bilinearly."""
-    h, w = mask.shape
-    img = Image.fromarray((mask * 255).astype(np.uint8), "L")
-    small = img.resize((max(1, w // factor), max(1, h // factor)), Image.BILINEAR)
-    return np.asarray(small.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+def _lighting(params: RenderParams, width: int, height: int) -> Image.Image:
+    """Light falloff across the frame (RGB, 255 = full light) to multiply the photo by.
 
-
-def _lighting(params: RenderParams, width: int, height: int) -> np.ndarray:
-    """Multiplicative light ramp across the frame, centred on 1.0, (height, width)."""
-    x = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
-    y = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
-    ramp = x * math.cos(params.light_angle) + y * math.sin(params.light_angle)
-    return 1.0 + params.light_strength * ramp * 2.0
+    A linear ramp is smooth, so it is computed on a coarse grid and resized (cheaper, same look).
+    """
+    gw, gh = max(2, width // 8), max(2, height // 8)
+    x = np.linspace(-0.5, 0.5, gw, dtype=np.float32)[None, :]
+    y = np.linspace(-0.5, 0.5, gh, dtype=np.float32)[:, None]
+    ramp = x * math.cos(params.light_angle) + y * math.sin(
+        params.light_angle
+    )  # within [-0.71, 0.71]
+    light = 255.0 * (1.0 - params.light_strength * (ramp + 1.0))
+    coarse = Image.fromarray(np.clip(light + 0.5, 0, 255).astype(np.uint8), "L")
+    return coarse.resize((width, height), Image.BILINEAR).convert("RGB")

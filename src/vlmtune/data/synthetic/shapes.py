@@ -45,7 +45,7 @@ ASPECT: dict[str, float] = {
     "tote_bag": 0.95,
     "sneaker": 1.7,
     "trench_coat": 0.72,
-    "cap": 1.35,
+    "cap": 1.6,
     "wallet": 1.45,
     "sunglasses": 2.3,
     "belt": 1.5,
@@ -122,12 +122,12 @@ def _trench_coat(material: str) -> list[Primitive]:
 
 def _cap(material: str) -> list[Primitive]:
     return [
-        P("arc", (0.05, 0.1, 0.75, 1.12, 180, 360), width=-1),  # filled half-ellipse (pieslice)
-        P("poly", (0.5, 0.56, 0.96, 0.6, 1.0, 0.7, 0.5, 0.74)),
-        P("rect", (0.05, 0.58, 0.75, 0.66), "dark"),
-        P("line", (0.4, 0.1, 0.25, 0.58), "dark", width=0.02),
-        P("line", (0.4, 0.1, 0.55, 0.58), "dark", width=0.02),
-        P("ellipse", (0.36, 0.06, 0.44, 0.14), "dark"),
+        P("arc", (0.04, 0.08, 0.74, 1.84, 180, 360), width=-1),  # filled half-ellipse (pieslice)
+        P("poly", (0.55, 0.8, 0.95, 0.84, 1.0, 0.97, 0.55, 0.99)),
+        P("rect", (0.04, 0.86, 0.74, 0.97), "dark"),
+        P("line", (0.39, 0.08, 0.2, 0.86), "dark", width=0.025),
+        P("line", (0.39, 0.08, 0.58, 0.86), "dark", width=0.025),
+        P("ellipse", (0.35, 0.03, 0.43, 0.12), "dark"),
     ]
 
 
