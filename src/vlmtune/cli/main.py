@@ -25,6 +25,8 @@ VERBS: list[tuple[str, str]] = [
     ("synth", "synth"),
     ("prepare", "prepare"),
     ("serve-images", "serve_images"),
+    ("train", "train"),
+    ("merge", "merge"),
 ]
 
 app = typer.Typer(

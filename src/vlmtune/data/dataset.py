@@ -1,0 +1,245 @@
+"""Supervised fine-tuning examples from a prepared image dataset.
+
+Each row becomes one example through the prompt contract
+(:meth:`vlmtune.data.prompts.PromptTemplate.conversation`). Ids and labels are
+built in the same pass, as nanochat's ``render_conversation`` does:
+
+* prompt ids come from the processor (``processor(text=[prompt], images=[[image]])``),
+  which expands the image tag into negative placeholder ids ``-k``;
+* answer ids come from the tokenizer (``answer + "<|end|>"``, no special tokens added);
+* labels are ``-100`` over the prompt and the image placeholders and equal the
+  ids over the answer and its end token, so only what the model must write is
+  trained on and no negative id can reach the loss.
+
+Image decoding and the HD transform happen in ``__getitem__`` (so in DataLoader
+workers). A sample whose image is missing or unreadable, or whose length exceeds
+``max_length``, is not truncated: it is returned as a *skipped* marker that the
+collator drops and the trainer counts. The processor is passed in; this module
+never imports the model package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlmtune.data.prepared import PreparedDataset
+from vlmtune.data.prompts import PromptTemplate, record_from_row
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BadImagesError",
+    "SkippedSample",
+    "VisionSFTDataset",
+    "bad_images_message",
+    "check_images",
+    "drop_bad_images",
+]
+
+IGNORE_INDEX = -100
+"""Label value ignored by the loss (prompt, image placeholders, padding)."""
+
+
+class BadImagesError(RuntimeError):
+    """Too many training images are missing or unreadable; the message lists them."""
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Why a sample was left out: ``reason`` is ``bad_image`` or ``too_long``."""
+
+    sample_id: str
+    image_path: str
+    reason: str
+    detail: str
+
+
+class VisionSFTDataset(torch.utils.data.Dataset):
+    """Rows of a prepared dataset as ``input_ids``/``labels``/``pixel_values``/``image_sizes`` examples.
+
+    ``__getitem__`` returns a dict with ``input_ids`` and ``labels`` ``[T]`` (long),
+    ``pixel_values`` ``[1, num_crops + 1, 3, S, S]``, ``image_sizes`` ``[1, 2]``,
+    ``sample_id`` and ``image_path``; or ``{"skipped": SkippedSample}``.
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedDataset,
+        processor: Any,
+        template: PromptTemplate,
+        max_length: int,
+        limit: int | None = None,
+    ) -> None:
+        frame = prepared.frame if limit is None else prepared.frame.head(limit)
+        self.frame = frame.reset_index(drop=True)
+        self.root = Path(prepared.root)
+        self.columns = prepared.columns
+        self.processor = processor
+        self.template = template
+        self.max_length = max_length
+        self._prompt = template.prompt(processor.tokenizer)
+        self._counts: dict[str, list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def sample_id(self, index: int) -> str:
+        """The catalog id of row ``index``."""
+        return str(self.frame.iloc[index][self.columns.id])
+
+    def image_path(self, index: int) -> Path:
+        """Absolute path of row ``index``'s image."""
+        return self.root / str(self.frame.iloc[index]["local_image_path"])
+
+    def answer(self, index: int) -> str:
+        """The target text of row ``index`` (answer + ``<|end|>``)."""
+        record = record_from_row(self.frame.iloc[index], self.columns)
+        return self.template.conversation(record, self.processor.tokenizer)[1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample_id, path = self.sample_id(index), self.image_path(index)
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (OSError, ValueError) as err:
+            return {
+                "skipped": SkippedSample(
+                    sample_id, str(path), "bad_image", f"{type(err).__name__}: {err}"
+                )
+            }
+        example = self.encode(image, self.answer(index))
+        length = int(example["input_ids"].shape[0])
+        if length > self.max_length:
+            detail = f"{length} tokens > max_length {self.max_length}"
+            return {"skipped": SkippedSample(sample_id, str(path), "too_long", detail)}
+        return {**example, "sample_id": sample_id, "image_path": str(path)}
+
+    def encode(self, image: Image.Image, answer: str) -> dict[str, torch.Tensor]:
+        """Ids, labels and pixels of one (image, answer) pair; labels are -100 outside the answer."""
+        inputs = self.processor(text=[self._prompt], images=[[image]], return_tensors="pt")
+        prompt_ids = inputs["input_ids"][0].long()
+        answer_ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        answer_ids = torch.tensor(answer_ids, dtype=torch.long)
+        input_ids = torch.cat([prompt_ids, answer_ids])
+        labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids])
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "pixel_values": inputs["pixel_values"],
+            "image_sizes": inputs["image_sizes"],
+        }
+
+    def lengths(self) -> list[int]:
+        """Token length of every row (image tokens included), without decoding the images."""
+        return self.token_counts()["length"]
+
+    def token_counts(self) -> dict[str, list[int]]:
+        """Per row: ``length`` (all tokens), ``image_tokens`` and ``label_tokens`` (answer + end).
+
+        The processor runs once per distinct (width, height) of the manifest on a
+        blank image of that size, which gives the exact image-token count, and the
+        answers are tokenized in one call; no image is decoded. Used to drop
+        over-long rows before training, to group by length and for the preflight.
+        """
+        if self._counts is None:
+            prompt = self._prompt_counts()
+            answers = [self.answer(i) for i in range(len(self))]
+            answer_ids = (
+                self.processor.tokenizer(answers, add_special_tokens=False)["input_ids"]
+                if answers
+                else []
+            )
+            sizes = [
+                (int(w), int(h))
+                for w, h in zip(self.frame["image_width"], self.frame["image_height"], strict=True)
+            ]
+            self._counts = {
+                "length": [
+                    prompt[size][0] + len(ids) for size, ids in zip(sizes, answer_ids, strict=True)
+                ],
+                "image_tokens": [prompt[size][1] for size in sizes],
+                "label_tokens": [len(ids) for ids in answer_ids],
+            }
+        return self._counts
+
+    def _prompt_counts(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(prompt tokens, image tokens) per distinct image size."""
+        sizes = {
+            (int(w), int(h))
+            for w, h in zip(self.frame["image_width"], self.frame["image_height"], strict=True)
+        }
+        out = {}
+        for width, height in sorted(sizes):
+            blank = Image.new("RGB", (max(width, 1), max(height, 1)), "white")
+            ids = self.processor(text=[self._prompt], images=[[blank]], return_tensors="pt")[
+                "input_ids"
+            ][0]
+            out[(width, height)] = (int(ids.shape[0]), int((ids < 0).sum()))
+        return out
+
+    def subset(self, indices: Sequence[int]) -> VisionSFTDataset:
+        """A dataset over the given rows only (same processor and template)."""
+        indices = list(indices)
+        clone = object.__new__(VisionSFTDataset)
+        clone.__dict__.update(self.__dict__)
+        clone.frame = self.frame.iloc[indices].reset_index(drop=True)
+        if self._counts is not None:
+            clone._counts = {
+                key: [values[i] for i in indices] for key, values in self._counts.items()
+            }
+        return clone
+
+
+def check_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """Open the header of every image; return (path, reason) for each missing or unreadable one."""
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 - reading the header is the check
+        except FileNotFoundError:
+            bad.append((Path(path), "missing"))
+        except (OSError, ValueError) as err:
+            bad.append((Path(path), f"unreadable ({type(err).__name__}: {err})"))
+    return bad
+
+
+def drop_bad_images(
+    dataset: VisionSFTDataset, max_fraction: float
+) -> tuple[VisionSFTDataset, list[SkippedSample]]:
+    """Leave out rows whose image is missing or unreadable; raise when too many are.
+
+    Returns the dataset without those rows and one :class:`SkippedSample` per row
+    left out. Raises :class:`BadImagesError` listing the files when their fraction
+    exceeds ``max_fraction``.
+    """
+    paths = [dataset.image_path(i) for i in range(len(dataset))]
+    bad = dict(check_images(paths))
+    if not bad:
+        return dataset, []
+    if len(bad) / max(len(paths), 1) > max_fraction:
+        raise BadImagesError(bad_images_message(list(bad.items()), len(paths), max_fraction))
+    keep = [i for i, path in enumerate(paths) if path not in bad]
+    skipped = [
+        SkippedSample(dataset.sample_id(i), str(path), "bad_image", bad[path])
+        for i, path in enumerate(paths)
+        if path in bad
+    ]
+    return dataset.subset(keep), skipped
+
+
+def bad_images_message(
+    bad: Sequence[tuple[Path | str, str]], total: int, max_fraction: float
+) -> str:
+    """One message naming how many images are bad, the allowed fraction, and the files."""
+    listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:50])
+    more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+    return (
+        f"{len(bad)} of {total} training images are missing or unreadable "
+        f"({len(bad) / max(total, 1):.1%} > data.max_bad_image_fraction={max_fraction:.1%}):\n{listing}{more}"
+    )

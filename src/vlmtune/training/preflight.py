@@ -1,0 +1,135 @@
+"""Checks and figures before step 1: what will train, on how many tokens, at which batch size.
+
+:func:`check_backends` refuses, before any model is loaded, a configuration the
+machine cannot run (DeepSpeed without the package or a GPU, a tracker that is not
+installed). :func:`preflight_summary` logs and returns the trainable parameters
+per component, the fraction of tokens trained on, sequence and image-token
+length statistics and the effective batch size, and fails fast when nothing
+would train (no trainable parameter, no label token).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from typing import Any
+
+import torch
+
+from vlmtune.data.collator import VisionSFTCollator
+from vlmtune.data.dataset import IGNORE_INDEX
+from vlmtune.training.args import TrainConfig
+from vlmtune.training.build import Datasets, parameter_counts, resolve_dtype
+from vlmtune.training.tracking import check_tracker_available
+from vlmtune.utils.config import ConfigError
+from vlmtune.utils.logging import get_logger
+
+__all__ = ["PreflightError", "check_backends", "preflight_summary"]
+
+log = get_logger(__name__)
+
+
+class PreflightError(ConfigError):
+    """The run would train nothing (no trainable parameter or no label token)."""
+
+
+def check_backends(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for a tracker, DeepSpeed or QLoRA set-up this machine cannot run."""
+    check_tracker_available(config.train.report_to)
+    if config.train.deepspeed is not None:
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                f"train.deepspeed={str(config.train.deepspeed)!r} needs the deepspeed package "
+                "(pip install deepspeed) and CUDA GPUs; see configs/README.md"
+            )
+        if not torch.cuda.is_available():
+            raise ConfigError("train.deepspeed needs CUDA GPUs; none is available on this machine")
+        if not config.train.deepspeed.is_file():
+            raise ConfigError(f"train.deepspeed: {str(config.train.deepspeed)!r} does not exist")
+    if config.train.mode == "qlora" and (
+        importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available()
+    ):
+        raise ConfigError(
+            "train.mode=qlora needs the bitsandbytes package and a CUDA GPU; use train.mode=lora"
+        )
+
+
+def preflight_summary(
+    model: torch.nn.Module, datasets: Datasets, config: TrainConfig, args: Any
+) -> dict[str, Any]:
+    """Figures of the run before step 1 (logged); raises :class:`PreflightError` if nothing would train."""
+    params = parameter_counts(model)
+    if params["trainable"] == 0:
+        raise PreflightError(
+            f"no trainable parameter in mode {config.train.mode!r} with these freeze settings"
+        )
+    counts = datasets.train.token_counts()
+    label_fraction = sum(counts["label_tokens"]) / max(sum(counts["length"]), 1)
+    checked = _check_samples(datasets, config)
+    if label_fraction == 0 or checked["label_tokens"] == 0:
+        raise PreflightError("no label token to train on: every answer is empty or masked")
+    summary = {
+        "mode": config.train.mode,
+        "parameters": params,
+        "precision": str(resolve_dtype(config.model.dtype)).removeprefix("torch."),
+        "train_samples": len(datasets.train),
+        "eval_samples": len(datasets.eval) if datasets.eval is not None else 0,
+        "left_out_before_training": datasets.left_out_counts(),
+        "sequence_length": _stats(counts["length"]),
+        "image_tokens": _stats(counts["image_tokens"]),
+        "label_tokens": _stats(counts["label_tokens"]),
+        "label_token_fraction": round(label_fraction, 5),
+        "samples_checked": checked,
+        "world_size": args.world_size,
+        "effective_batch_size": args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * args.world_size,
+    }
+    _log_summary(summary)
+    return summary
+
+
+def _check_samples(datasets: Datasets, config: TrainConfig) -> dict[str, int]:
+    """Encode the first rows for real (images decoded) and count their label tokens."""
+    n = min(config.data.preflight_samples, len(datasets.train))
+    pad_id = datasets.train.processor.tokenizer.pad_token_id
+    batch = VisionSFTCollator(pad_id)([datasets.train[i] for i in range(n)])
+    labels = batch["labels"]
+    leaked = int(((labels < 0) & (labels != IGNORE_INDEX)).sum()) if labels.numel() else 0
+    if leaked:
+        raise PreflightError(f"{leaked} negative ids (image placeholders) reached the labels")
+    return {
+        "rows": n,
+        "encoded": len(batch["sample_ids"]),
+        "skipped": len(batch["skipped"]),
+        "label_tokens": int((labels != IGNORE_INDEX).sum()) if labels.numel() else 0,
+    }
+
+
+def _stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 2),
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+    }
+
+
+def _log_summary(summary: dict[str, Any]) -> None:
+    p = summary["parameters"]
+    log.info(
+        "preflight: mode %s, %s; trainable %s of %s parameters (vision_tower %s, projector %s, "
+        "language_model %s, lora %s)",
+        summary["mode"], summary["precision"], f"{p['trainable']:,}", f"{p['total']:,}",
+        f"{p['vision_tower']:,}", f"{p['projector']:,}", f"{p['language_model']:,}", f"{p['lora']:,}",
+    )  # fmt: skip
+    log.info(
+        "preflight: %d training rows (%d eval), left out %s; sequence length %s; image tokens %s; "
+        "label tokens %.2f%% of all; effective batch %d (world size %d)",
+        summary["train_samples"], summary["eval_samples"], summary["left_out_before_training"] or "none",
+        summary["sequence_length"], summary["image_tokens"], 100 * summary["label_token_fraction"],
+        summary["effective_batch_size"], summary["world_size"],
+    )  # fmt: skip

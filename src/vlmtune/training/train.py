@@ -1,0 +1,395 @@
+"""``train()``: fine-tune Phi-3-V on a prepared image dataset with transformers' ``Trainer``.
+
+Reads like a table of contents (torchtune's recipe convention): set up the run
+folder, build model, processor and datasets, run the preflight, train, save.
+The optimisation loop, gradient accumulation, mixed precision, checkpoint
+rotation, resume (optimizer, scheduler and RNG states), distributed data
+parallelism (torchrun / accelerate launch) and the trackers are the Trainer's;
+:class:`VlmTrainer` only adds what the Trainer lacks for this task:
+
+* batch metadata (sample ids, skipped samples) is taken out before the forward
+  and skipped samples are counted (too many bad images stop the run);
+* a non-finite loss stops the run naming the step and the batch's sample ids;
+* each evaluation also runs the injected generation metrics (``eval_<name>``);
+* full-model checkpoints are reloaded through the model's own strict
+  official-layout loader (the Trainer's default is a non-strict state-dict load);
+* checkpoints hold no pickled training arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from vlmtune.data.collator import META_KEYS, VisionSFTCollator
+from vlmtune.data.dataset import BadImagesError, SkippedSample, bad_images_message
+from vlmtune.training.args import TrainConfig
+from vlmtune.training.build import (
+    build_datasets,
+    build_model,
+    load_processor,
+    resolve_dtype,
+)
+from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
+from vlmtune.training.preflight import check_backends, preflight_summary
+from vlmtune.training.tracking import log_eval_table, log_model_artifact, tracking_environment
+from vlmtune.utils.config import ConfigError, save_config
+from vlmtune.utils.io import atomic_write_json
+from vlmtune.utils.logging import get_logger
+from vlmtune.utils.seeding import seed_everything
+
+__all__ = ["GenerationEval", "NonFiniteLossError", "TrainResult", "VlmTrainer", "train"]
+
+log = get_logger(__name__)
+
+GenerationEval = Callable[[Any, Any], tuple[dict[str, float], list[dict[str, Any]]]]
+"""(model, processor) -> (metrics by name, one row per evaluated sample); injected by the CLI."""
+
+TRAINING_ARGS_FILE = "training_args.bin"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the batch's ids."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    model_dir: Path | None
+    metrics: dict[str, float]
+    summary: dict[str, Any] = field(default_factory=dict)
+    interrupted_by: str | None = None
+    """Signal name (SIGTERM/SIGINT) when the run stopped early after checkpointing."""
+    last_checkpoint: Path | None = None
+
+
+def train(config: TrainConfig, generation_eval: GenerationEval | None = None) -> TrainResult:
+    """Fine-tune per ``config``; write the run folder (see module docs) and return its summary."""
+    config.require_paths()
+    check_backends(config)
+    run_dir = Path(config.train.output_dir)
+    resume = resolve_resume(config.train.resume, run_dir)
+    seed_everything(config.train.seed)
+    processor = load_processor(config.model)
+    model = build_model(config.model, config.train, config.lora)
+    datasets = build_datasets(config.data, processor, with_eval=config.train.evaluates)
+    args = training_arguments(config, run_dir, model)
+    summary = preflight_summary(model, datasets, config, args)
+    if args.should_save:
+        save_config(config, run_dir / "config.yaml")
+    trainer = VlmTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.train,
+        eval_dataset=datasets.eval,
+        data_collator=VisionSFTCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl")],
+        generation_eval=generation_eval,
+        max_bad_image_fraction=config.data.max_bad_image_fraction,
+    )
+    trainer.remove_callback(
+        PrinterCallback
+    )  # events are logged by MetricsJsonlCallback instead of printed
+    return _run(trainer, config, run_dir, resume, summary)
+
+
+def _run(
+    trainer: VlmTrainer, config: TrainConfig, run_dir: Path, resume: str | None, summary: dict
+) -> TrainResult:
+    """Train (under the tracker's environment and the signal guard), then save the model and summary."""
+    started = time.perf_counter()
+    with tracking_environment(config.train.report_to, run_dir, config.train.wandb_project):
+        with SignalCheckpointCallback() as stopper:
+            trainer.add_callback(stopper)
+            output = trainer.train(resume_from_checkpoint=resume)
+        last = get_last_checkpoint(str(run_dir))
+        summary |= _run_figures(trainer, output.metrics, time.perf_counter() - started)
+        if stopper.received is not None:
+            log.warning(
+                "stopped by %s at step %s; resume with --resume auto",
+                stopper.signal_name,
+                trainer.state.global_step,
+            )
+            _write_summary(trainer, run_dir, summary | {"interrupted_by": stopper.signal_name})
+            return TrainResult(
+                run_dir,
+                None,
+                output.metrics,
+                summary,
+                stopper.signal_name,
+                Path(last) if last else None,
+            )
+        model_dir = run_dir / "model"
+        trainer.save_model(str(model_dir))
+        if trainer.is_world_process_zero():
+            log_model_artifact(
+                model_dir, config.train.run_name or run_dir.name, {"mode": config.train.mode}
+            )
+    _write_summary(trainer, run_dir, summary)
+    return TrainResult(
+        run_dir, model_dir, output.metrics, summary, None, Path(last) if last else None
+    )
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
+    """Checkpoint folder to resume from: ``auto`` picks the latest in ``run_dir`` (None if there is none)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        if last is None:
+            log.info("resume=auto: no checkpoint in %s, starting fresh", run_dir)
+        else:
+            log.info("resuming from %s", last)
+        return last
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"train.resume: {resume!r} is not a checkpoint folder (no trainer_state.json)"
+        )
+    return str(path)
+
+
+def training_arguments(
+    config: TrainConfig, run_dir: Path, model: torch.nn.Module
+) -> TrainingArguments:
+    """Map :class:`TrainConfig` onto transformers' ``TrainingArguments``."""
+    t, cuda = config.train, torch.cuda.is_available()
+    dtype = resolve_dtype(config.model.dtype)
+    best = t.metric_for_best
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if t.evaluates else "no",
+        eval_steps=t.eval_steps or None,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=best is not None,
+        metric_for_best_model=best,
+        greater_is_better=t.best_is_greater() if best else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        run_name=t.run_name or run_dir.name,
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_pin_memory=cuda,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        activation_checkpointing=config.model.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if config.model.gradient_checkpointing
+        else None,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        train_sampling_strategy="group_by_length" if config.data.group_by_length else "random",
+        ddp_find_unused_parameters=_find_unused(config, model),
+        deepspeed=str(t.deepspeed) if t.deepspeed else None,
+        disable_tqdm=True,
+    )
+
+
+def _find_unused(config: TrainConfig, model: torch.nn.Module) -> bool:
+    """DDP must look for unused parameters when the vision tower trains (its last layer gets no gradient)."""
+    if config.train.ddp_find_unused_parameters is not None:
+        return config.train.ddp_find_unused_parameters
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return any(
+        p.requires_grad and base.component_of(n.removeprefix("base_model.model.")) == "vision_tower"
+        for n, p in model.named_parameters()
+    )
+
+
+def _run_figures(trainer: Trainer, metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+    events = (
+        read_metrics(Path(trainer.args.output_dir) / "metrics.jsonl")
+        if trainer.is_world_process_zero()
+        else []
+    )
+    losses = [e["loss"] for e in events if "loss" in e]
+    eval_losses = [e["eval_loss"] for e in events if "eval_loss" in e]
+    return {
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": round(seconds, 3),
+        "train_samples_per_second": metrics.get("train_samples_per_second"),
+        "final_train_loss": losses[-1] if losses else None,
+        "mean_train_loss": metrics.get("train_loss"),
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+        "best_metric": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "skipped_during_training": trainer.skipped_counts(),
+    }
+
+
+def _write_summary(trainer: Trainer, run_dir: Path, summary: dict[str, Any]) -> None:
+    if trainer.is_world_process_zero():
+        atomic_write_json(run_dir / "train_summary.json", summary)
+
+
+class VlmTrainer(Trainer):
+    """``Trainer`` with batch metadata, finite-loss and bad-image checks, generation metrics, strict reloads."""
+
+    def __init__(
+        self,
+        *args: Any,
+        generation_eval: GenerationEval | None = None,
+        max_bad_image_fraction: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation_eval = generation_eval
+        self.max_bad_image_fraction = max_bad_image_fraction
+        self._skipped: dict[str, SkippedSample] = {}
+
+    # ---- batches
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        meta = self._pop_meta(inputs, training=True)
+        if inputs["input_ids"].numel() == 0:  # every sample of the batch was skipped
+            zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (zero, None) if return_outputs else zero
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"training loss is {loss.detach().float().item()} at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}); batch sample ids: {', '.join(meta['sample_ids'])}"
+            )
+        return result
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ANN001
+        self._pop_meta(inputs, training=False)
+        if inputs["input_ids"].numel() == 0:
+            return None, None, None
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def _pop_meta(self, inputs: dict[str, Any], training: bool) -> dict[str, Any]:
+        meta = {key: inputs.pop(key, []) for key in META_KEYS}
+        if training and meta["skipped"]:
+            for sample in meta["skipped"]:
+                self._skipped.setdefault(f"{sample.reason}:{sample.sample_id}", sample)
+                log.warning(
+                    "skipped sample %s (%s): %s", sample.sample_id, sample.reason, sample.detail
+                )
+            self._check_bad_images()
+        return meta
+
+    def _check_bad_images(self) -> None:
+        bad = [s for s in self._skipped.values() if s.reason == "bad_image"]
+        total = len(self.train_dataset)
+        if bad and len(bad) / total > self.max_bad_image_fraction:
+            raise BadImagesError(
+                bad_images_message(
+                    [(s.image_path, s.detail) for s in bad], total, self.max_bad_image_fraction
+                )
+            )
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Samples skipped while training, per reason (each sample counted once)."""
+        counts: dict[str, int] = {}
+        for sample in self._skipped.values():
+            counts[sample.reason] = counts.get(sample.reason, 0) + 1
+        return counts
+
+    def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=dataset.lengths())
+        return super()._get_train_sampler(train_dataset)
+
+    # ---- evaluation
+
+    def evaluation_loop(
+        self,
+        dataloader,
+        description,
+        prediction_loss_only=None,
+        ignore_keys=None,
+        metric_key_prefix="eval",
+    ):  # noqa: ANN001, E501
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
+        if self.generation_eval is not None:
+            metrics, rows = self._generate()
+            output.metrics.update(
+                {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
+            )
+            if self.is_world_process_zero() and "wandb" in self.args.report_to:
+                log_eval_table(rows, self.state.global_step)
+        return output
+
+    def _generate(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        model = self.accelerator.unwrap_model(self.model)
+        was_training, use_cache = model.training, model.config.use_cache
+        model.eval()
+        model.config.use_cache = True
+        try:
+            with torch.no_grad():
+                return self.generation_eval(model, self.processing_class)
+        finally:
+            model.config.use_cache = use_cache
+            model.train(was_training)
+
+    # ---- checkpoints
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        pickled = Path(output_dir or self.args.output_dir) / TRAINING_ARGS_FILE
+        pickled.unlink(
+            missing_ok=True
+        )  # the resolved config.yaml is the record; no pickles in a run
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:  # noqa: ANN001
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if _is_adapter_model(target) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        _load_full_weights(target, Path(resume_from_checkpoint))
+
+    def _load_best_model(self) -> None:
+        target = self.accelerator.unwrap_model(self.model)
+        if _is_adapter_model(target) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        log.info(
+            "loading the best model from %s (%s)",
+            self.state.best_model_checkpoint,
+            self.state.best_metric,
+        )
+        _load_full_weights(target, Path(self.state.best_model_checkpoint))
+
+
+def _is_adapter_model(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _load_full_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load an official-layout checkpoint into ``model`` through the model class's strict loader."""
+    param = next(model.parameters())
+    loaded = type(model).from_pretrained(str(checkpoint), torch_dtype=param.dtype)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    log.info("reloaded the full model weights from %s", checkpoint)

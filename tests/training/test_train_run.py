@@ -1,0 +1,90 @@
+"""End-to-end ``train()`` runs on the tiny model: outputs, resume exactness, stops, best checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlmtune.training.callbacks import read_metrics
+from vlmtune.training.train import NonFiniteLossError, train
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_metrics(run / "metrics.jsonl") if "loss" in e}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    name = (
+        "adapter_model.safetensors"
+        if (folder / "adapter_model.safetensors").is_file()
+        else "model.safetensors"
+    )
+    return load_file(str(folder / name))
+
+
+def test_lora_run_writes_the_run_folder(tiny_inputs, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_inputs.config(run, max_steps=4, save_steps=2, save_total_limit=1))
+    assert result.model_dir == run / "model" and result.interrupted_by is None
+    assert (run / "config.yaml").is_file()
+    adapter = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_inputs.checkpoint.resolve())
+    assert (run / "model" / "adapter_model.safetensors").is_file()
+    assert (run / "model" / "tokenizer.json").is_file() and (
+        run / "model" / "preprocessor_config.json"
+    ).is_file()
+    checkpoints = sorted(p.name for p in run.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-4"]  # save_total_limit=1 keeps the last only
+    for folder in (run / "checkpoint-4", run / "model"):
+        assert not list(folder.glob("*.bin")), "no pickled weights or training args"
+    losses = _losses(run)
+    assert sorted(losses) == [1, 2, 3, 4] and all(v == v for v in losses.values())
+    summary = json.loads((run / "train_summary.json").read_text())
+    params = summary["parameters"]
+    assert params["lora"] > 0 and params["language_model"] == params["vision_tower"] == 0
+    assert 0 < summary["label_token_fraction"] < 1
+    assert summary["effective_batch_size"] == 4 and summary["global_step"] == 4
+    assert summary["image_tokens"]["min"] > 0
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_resume_is_exact(tiny_inputs, tmp_path, mode):
+    """6 steps in one run == 3 steps, then a resumed run to 6: same weights, same logged losses."""
+    one = tmp_path / "one"
+    train(tiny_inputs.config(one, mode=mode, max_steps=6, save_steps=3))
+    two = tmp_path / "two"
+    train(tiny_inputs.config(two, mode=mode, max_steps=3, save_steps=3))
+    resumed = train(tiny_inputs.config(two, mode=mode, max_steps=6, save_steps=3, resume="auto"))
+    assert resumed.summary["global_step"] == 6
+    losses_one, losses_two = _losses(one), _losses(two)
+    assert sorted(losses_two) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert losses_two[step] == pytest.approx(losses_one[step], abs=1e-6), step
+    a, b = _weights(one / "model"), _weights(two / "model")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+    # and the weights did move away from the start, so the comparison is not trivially true
+    start = _weights(two / "checkpoint-3")
+    assert any(not torch.allclose(start[k], a[k]) for k in a)
+
+
+def test_nonfinite_loss_stops_with_step_and_batch_ids(tiny_inputs, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_inputs.checkpoint.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    weights = load_file(str(broken / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("lm_head.weight"))
+    weights[key][0, 0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    config = tiny_inputs.config(tmp_path / "run", mode="full")
+    config.model.path = broken
+    with pytest.raises(NonFiniteLossError, match=r"at step 1 .*batch sample ids: \S+"):
+        train(config)
