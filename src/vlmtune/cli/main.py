@@ -24,6 +24,7 @@ __all__ = ["app", "main"]
 VERBS: list[tuple[str, str]] = [
     ("synth", "synth"),
     ("prepare", "prepare"),
+    ("init-model", "init_model"),
     ("serve-images", "serve_images"),
     ("train", "train"),
     ("merge", "merge"),
