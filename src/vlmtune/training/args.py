@@ -239,9 +239,15 @@ class TrainConfig:
     train: TrainArgs = field(default_factory=TrainArgs)
 
     def __post_init__(self) -> None:
-        if self.train.metric_for_best and not self.train.evaluates:
+        t = self.train
+        if t.metric_for_best and not t.evaluates:
             raise ValueError(
-                f"train.metric_for_best={self.train.metric_for_best!r} needs evaluation: set train.eval_steps"
+                f"train.metric_for_best={t.metric_for_best!r} needs evaluation: set train.eval_steps"
+            )
+        if t.metric_for_best and t.save_steps % t.eval_steps:
+            raise ValueError(
+                f"train.save_steps={t.save_steps} must be a multiple of train.eval_steps={t.eval_steps} "
+                "when train.metric_for_best is set (the best checkpoint is chosen at evaluations)"
             )
 
     def require_paths(self) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "load_processor",
     "lora_target_modules",
     "parameter_counts",
+    "quantize_language_model_4bit",
     "resolve_dtype",
 ]
 
@@ -69,21 +70,25 @@ def load_processor(args: ModelArgs) -> Any:
 
 def build_model(model_args: ModelArgs, train_args: TrainArgs, lora_args: LoraArgs) -> nn.Module:
     """Load the checkpoint and put it in ``train_args.mode`` (frozen parts, adapters, quantization)."""
-    kwargs: dict[str, Any] = {"torch_dtype": resolve_dtype(model_args.dtype)}
-    kwargs["attn_implementation"] = model_args.attn_implementation
+    dtype = resolve_dtype(model_args.dtype)
     if train_args.mode == "qlora":
-        kwargs["quantization_config"] = _qlora_quantization()
+        _require_qlora()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     path = str(Path(model_args.path).resolve())
-    model = Phi3VForCausalLM.from_pretrained(path, **kwargs)
+    model = Phi3VForCausalLM.from_pretrained(
+        path, torch_dtype=dtype, attn_implementation=model_args.attn_implementation
+    )
     model.config._name_or_path = path  # recorded as the adapter's base_model_name_or_path
     model.config.use_cache = False
+    if train_args.mode == "qlora":
+        model = quantize_language_model_4bit(model, dtype)
     return apply_training_mode(model, train_args, lora_args)
 
 
 def apply_training_mode(model: nn.Module, train_args: TrainArgs, lora_args: LoraArgs) -> nn.Module:
     """Freeze or wrap ``model`` for the mode; returns the model to train (a PeftModel for adapters)."""
     if train_args.uses_lora:
-        return _wrap_lora(model, lora_args, quantized=train_args.mode == "qlora")
+        return _wrap_lora(model, lora_args)
     for name, param in model.named_parameters():
         component = model.component_of(name)
         frozen = (component == "vision_tower" and train_args.freeze_vision) or (
@@ -135,12 +140,10 @@ def _short(name: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
-def _wrap_lora(model: nn.Module, lora_args: LoraArgs, quantized: bool) -> nn.Module:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def _wrap_lora(model: nn.Module, lora_args: LoraArgs) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
 
     targets = lora_target_modules(model, lora_args)
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
         r=lora_args.r,
         lora_alpha=lora_args.alpha,
@@ -152,7 +155,7 @@ def _wrap_lora(model: nn.Module, lora_args: LoraArgs, quantized: bool) -> nn.Mod
     return peft_model
 
 
-def _qlora_quantization() -> Any:
+def _require_qlora() -> None:
     if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         why = (
             "the bitsandbytes package is not installed"
@@ -162,15 +165,37 @@ def _qlora_quantization() -> Any:
         raise ConfigError(
             f"train.mode=qlora needs bitsandbytes on a CUDA GPU, and {why}; use train.mode=lora instead"
         )
-    from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
-    )
+
+def quantize_language_model_4bit(model: nn.Module, compute_dtype: torch.dtype) -> nn.Module:
+    """QLoRA base: the decoder's Linear layers (not ``lm_head``) as bitsandbytes NF4 ``Linear4bit``.
+
+    Weights are quantized when the model moves to the GPU (bitsandbytes' ``Params4bit``);
+    the vision tower and projector stay in ``compute_dtype``. CUDA only.
+    """
+    import bitsandbytes as bnb
+
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or name == "lm_head":
+            continue
+        if model.component_of(f"{name}.weight") != "language_model":
+            continue
+        quant = bnb.nn.Linear4bit(
+            module.in_features, module.out_features, bias=module.bias is not None,
+            compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True,
+        )  # fmt: skip
+        quant.weight = bnb.nn.Params4bit(
+            module.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+        )
+        if module.bias is not None:
+            quant.bias = module.bias
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, quant)
+    model = model.to("cuda")
+    model.is_loaded_in_4bit = True
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

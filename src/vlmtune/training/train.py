@@ -76,6 +76,7 @@ def train(config: TrainConfig, generation_eval: GenerationEval | None = None) ->
     """Fine-tune per ``config``; write the run folder (see module docs) and return its summary."""
     config.require_paths()
     check_backends(config)
+    _check_best_metric(config, generation_eval)
     run_dir = Path(config.train.output_dir)
     resume = resolve_resume(config.train.resume, run_dir)
     seed_everything(config.train.seed)
@@ -139,6 +140,15 @@ def _run(
     return TrainResult(
         run_dir, model_dir, output.metrics, summary, None, Path(last) if last else None
     )
+
+
+def _check_best_metric(config: TrainConfig, generation_eval: GenerationEval | None) -> None:
+    metric = config.train.metric_for_best
+    if metric and generation_eval is None and metric.removeprefix("eval_") != "loss":
+        raise ConfigError(
+            f"train.metric_for_best={metric!r} is a generation metric, but no generation evaluation runs "
+            "(--no-generation-eval); use train.metric_for_best=eval_loss"
+        )
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> str | None:

@@ -1,0 +1,130 @@
+"""Training modes, LoRA targets per component, recipes and the fail-fast checks before step 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlmtune.training.args import LoraArgs, TrainArgs, TrainConfig
+from vlmtune.training.build import build_datasets, build_model, load_processor, parameter_counts
+from vlmtune.training.preflight import PreflightError, check_backends, preflight_summary
+from vlmtune.training.train import train, training_arguments
+from vlmtune.utils.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _counts(
+    tiny_inputs, mode: str, lora: LoraArgs | None = None, **train: object
+) -> dict[str, int]:
+    config = tiny_inputs.config(Path("unused"), mode=mode, **train)
+    return parameter_counts(build_model(config.model, config.train, lora or LoraArgs()))
+
+
+def test_full_and_frozen_modes_train_the_right_components(tiny_inputs):
+    full = _counts(tiny_inputs, "full")
+    assert full["trainable"] == full["total"] and min(full["vision_tower"], full["projector"]) > 0
+    frozen = _counts(tiny_inputs, "frozen_vision")
+    assert frozen["vision_tower"] == 0 and frozen["projector"] == full["projector"]
+    assert frozen["language_model"] == full["language_model"]
+    lm_only = _counts(tiny_inputs, "full", freeze_vision=True, freeze_projector=True)
+    assert (
+        lm_only["vision_tower"] == lm_only["projector"] == 0
+        and lm_only["language_model"] == full["language_model"]
+    )
+
+
+def test_lora_targets_are_chosen_per_component(tiny_inputs):
+    lm = _counts(tiny_inputs, "lora")
+    assert lm["lora"] > 0 and lm["vision_tower"] == lm["projector"] == lm["language_model"] == 0
+    config = tiny_inputs.config(Path("unused"), mode="lora")
+    wide = LoraArgs(
+        vision_tower=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"], projector=["all"]
+    )
+    model = build_model(config.model, config.train, wide)
+    adapted = {n for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
+    assert any("img_processor" in n and ".q_proj." in n for n in adapted)
+    assert any("img_projection" in n for n in adapted)
+    assert any(".qkv_proj." in n for n in adapted) and any(".gate_up_proj." in n for n in adapted)
+    assert parameter_counts(model)["lora"] > lm["lora"]
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_an_unknown_lora_target_is_named(tiny_inputs):
+    with pytest.raises(
+        ConfigError, match=r"lora.vision_tower: 'qkv_proj' is not a Linear layer.*q_proj"
+    ):
+        _counts(tiny_inputs, "lora", LoraArgs(vision_tower=["qkv_proj"]))
+    with pytest.raises(ConfigError, match="no target module"):
+        _counts(tiny_inputs, "lora", LoraArgs(language_model=[]))
+
+
+def test_qlora_deepspeed_and_mlflow_fail_clearly_on_this_machine(tiny_inputs, tmp_path):
+    for train_args, message in (
+        ({"mode": "qlora"}, "qlora needs the bitsandbytes package and a CUDA GPU"),
+        ({"deepspeed": CONFIGS / "deepspeed_zero2.json"}, "needs the deepspeed package"),
+        ({"report_to": "mlflow"}, "needs the 'mlflow' package"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_backends(tiny_inputs.config(tmp_path, **train_args))
+
+
+def test_preflight_fails_fast_when_nothing_would_train(tiny_inputs, tmp_path):
+    config = tiny_inputs.config(tmp_path, mode="full")
+    model = build_model(config.model, config.train, config.lora)
+    processor = load_processor(config.model)
+    datasets = build_datasets(config.data, processor, with_eval=False)
+    args = training_arguments(config, tmp_path, model)
+    summary = preflight_summary(model, datasets, config, args)
+    assert summary["parameters"]["trainable"] > 0 and summary["samples_checked"]["label_tokens"] > 0
+    for param in model.parameters():
+        param.requires_grad_(False)
+    with pytest.raises(PreflightError, match="no trainable parameter"):
+        preflight_summary(model, datasets, config, args)
+
+
+def test_over_long_rows_are_left_out_and_counted(tiny_inputs, tmp_path):
+    config = tiny_inputs.config(tmp_path / "run", max_steps=1)
+    processor = load_processor(config.model)
+    full = build_datasets(config.data, processor, with_eval=False)
+    lengths = sorted(full.train.lengths())
+    config.data.max_length = lengths[len(lengths) // 2]
+    cut = build_datasets(config.data, processor, with_eval=False)
+    assert 0 < len(cut.train) < len(full.train)
+    assert cut.left_out_counts() == {"too_long": len(full.train) - len(cut.train)}
+    assert max(cut.train.lengths()) <= config.data.max_length
+    config.data.max_length = 16
+    with pytest.raises(ConfigError, match="no training rows left"):
+        train(config)
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "fsdp.yaml")
+)
+def test_recipes_map_onto_train_config(recipe, tmp_path):
+    config = load_config(
+        TrainConfig,
+        CONFIGS / recipe,
+        ["model.path=m", "data.path=d", f"train.output_dir={tmp_path}"],
+    )
+    config.require_paths()
+    assert config.train.mode in ("lora", "full", "frozen_vision", "qlora")
+    assert recipe != "frozen_vision.yaml" or config.train.freeze_vision
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        load_config(TrainConfig, None, ["train.learning_rate=fast"])
+    with pytest.raises(
+        ConfigError, match="save_steps=50 must be a multiple of train.eval_steps=30"
+    ):
+        load_config(
+            TrainConfig,
+            None,
+            ["train.metric_for_best=eval_loss", "train.eval_steps=30", "train.save_steps=50"],
+        )
+    with pytest.raises(ConfigError, match="missing required setting"):
+        TrainConfig().require_paths()
+    assert TrainArgs(metric_for_best="eval_price_mape").best_is_greater() is False
+    assert TrainArgs(metric_for_best="eval_category_accuracy").best_is_greater() is True
