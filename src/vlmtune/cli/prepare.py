@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -12,7 +13,14 @@ from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
 from vlmtune.data.catalog import CatalogError
 from vlmtune.data.prepare import PrepareArgs, PrepareError, PrepareReport, prepare_dataset
 
-__all__ = ["command", "summary_table"]
+__all__ = ["PrepareFailed", "command", "summary_table"]
+
+
+class PrepareFailed(click.ClickException):
+    """The catalog or the output folder cannot be used; reported in one line, exit code 2."""
+
+    exit_code = 2
+
 
 _OUT_OPTION = typer.Option(
     None, "--out", "-o", help="Output folder; re-running the same command resumes."
@@ -90,15 +98,14 @@ def command(
     try:
         report = prepare_dataset(args)
     except (CatalogError, PrepareError) as err:
-        typer.echo(f"vlmtune prepare: {err}", err=True)
-        raise typer.Exit(2) from err
+        raise PrepareFailed(str(err)) from err
     except KeyboardInterrupt:
         typer.echo(
             f"vlmtune prepare: interrupted; images stored so far are kept in {str(args.out)!r}. "
             "Run the same command again to resume.",
             err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Abort() from None
     Console(stderr=True).print(summary_table(report))
 
 

@@ -1,0 +1,237 @@
+"""``vlmtune prepare`` as a command: flags, YAML config, clean errors, and kill-then-resume.
+
+The kill tests run the real command in a subprocess against a slow server on
+127.0.0.1, stop it mid-run with SIGINT or SIGKILL, and check that no partial
+image is left under its final name and that the next run ends with exactly the
+dataset of an uninterrupted run, without fetching again what was stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from fault_server import FaultServer, jpeg_bytes, ok, slow, status  # noqa: E402
+
+from vlmtune.cli.main import main  # noqa: E402
+from vlmtune.data.prepare import PrepareArgs, prepare_dataset  # noqa: E402
+from vlmtune.data.prepared import load_prepared  # noqa: E402
+
+N_SLOW = 40
+
+
+def _catalog(
+    path: Path, refs: list[tuple[str, str]], id_col="product_code", image_col="imageurl"
+) -> Path:
+    frame = pd.DataFrame(
+        {
+            id_col: [pid for pid, _ in refs],
+            "title": [f"Item {pid}" for pid, _ in refs],
+            "category3_code": ["CAPS"] * len(refs),
+            "full_price": ["350"] * len(refs),
+            image_col: [ref for _, ref in refs],
+        }
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_prepare_command_writes_the_dataset_and_a_summary(tmp_path, capsys):
+    with FaultServer() as server:
+        refs = [(f"p{i}", server.add(f"/{i}.jpg", ok(jpeg_bytes((i, 0, 0))))) for i in range(6)]
+        refs.append(("gone", server.add("/gone.jpg", status(404))))
+        catalog = _catalog(tmp_path / "c.csv", refs)
+        code = main(["prepare", "--source", str(catalog), "--out", str(tmp_path / "out"), "--no-progress",
+                     "--concurrency", "4", "--retries", "0", "--split", "0.5,0.25,0.25", "--seed", "7"])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "kept" in err and "download/http 404" in err
+    assert len(load_prepared(tmp_path / "out")) == 6
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    assert report["kept"] == 6 and report["dropped_by_reason"] == {"download/http 404": 1}
+
+
+def test_prepare_command_reads_yaml_config_and_overrides(tmp_path):
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes((0, i, 0)))
+    catalog = _catalog(
+        folder / "c.csv", [(f"s{i}", f"{i}.jpg") for i in range(4)], "sku", "picture"
+    )
+    config = tmp_path / "prep.yaml"
+    config.write_text(
+        "columns:\n  id: sku\n  image: picture\nsplit: [0.5, 0.25, 0.25]\nprogress: false\n"
+    )
+    code = main(
+        [
+            "prepare",
+            "--config",
+            str(config),
+            "--source",
+            str(catalog),
+            "--out",
+            str(tmp_path / "out"),
+            "seed=3",
+        ]
+    )
+    assert code == 0
+    data = load_prepared(tmp_path / "out")
+    assert data.columns.id == "sku" and sorted(data.frame["sku"]) == ["s0", "s1", "s2", "s3"]
+    assert sorted(data.frame["split"]) == ["test", "train", "train", "val"]
+
+
+def test_missing_source_is_a_configuration_error(tmp_path, capsys):
+    assert main(["prepare", "--out", str(tmp_path / "out")]) == 2
+    assert "source is required" in capsys.readouterr().err
+
+
+def test_hub_dataset_name_fails_at_once_when_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    code = main(
+        [
+            "prepare",
+            "--source",
+            "DBQ/Burberry.Product.prices.United.States",
+            "--out",
+            "out",
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - started < 10
+    assert "offline" in err and "local" in err and "Traceback" not in err
+
+
+def test_unknown_catalog_file_is_reported(tmp_path, capsys):
+    code = main(["prepare", "--source", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- kill, then resume
+
+
+def _slow_catalog(server: FaultServer, folder: Path) -> Path:
+    refs = []
+    for i in range(N_SLOW):
+        body = jpeg_bytes((i * 5 % 256, 100, 200), size=(48, 40))
+        refs.append((f"item-{i:03d}", server.add(f"/s{i}.jpg", slow(0.1, ok(body)))))
+    folder.mkdir(parents=True, exist_ok=True)
+    return _catalog(folder / "catalog.csv", refs)
+
+
+def _args(catalog: Path, out: Path) -> list[str]:
+    return ["prepare", "--source", str(catalog), "--out", str(out), "--no-progress",
+            "--concurrency", "2", "--per-host", "2", "--timeout", "5"]  # fmt: skip
+
+
+# `python -m vlmtune.cli.main` imports every verb (transformers included); the SIGKILL test
+# only needs the prepare command, so it runs it alone to start in about a second.
+_PREPARE_ONLY = "import typer; from vlmtune.cli.prepare import command; typer.run(command)"
+
+
+def _start_and_stop(
+    catalog: Path, out: Path, sig: int, whole_cli: bool
+) -> subprocess.CompletedProcess:
+    args = _args(catalog, out)
+    if whole_cli:
+        cmd = [sys.executable, "-m", "vlmtune.cli.main", *args]
+    else:
+        cmd = [sys.executable, "-c", _PREPARE_ONLY, *args[1:]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    images = out / "images"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (
+            images.is_dir()
+            and len([p for p in images.iterdir() if not p.name.startswith(".")]) >= 8
+        ):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be stopped: {proc.communicate()}"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _check_no_partial_image(out: Path) -> int:
+    """Every file under its final name is a complete image; return how many there are."""
+    finals = [p for p in (out / "images").iterdir() if not p.name.startswith(".")]
+    for path in finals:
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
+            image.load()
+    assert not (out / "dataset.parquet").exists()  # the manifest is written only at the end
+    return len(finals)
+
+
+def _journaled(out: Path) -> int:
+    journal = out / ".prepare_journal.jsonl"
+    lines = journal.read_text(encoding="utf-8").splitlines() if journal.exists() else []
+    return sum(1 for line in lines if line.endswith("}"))
+
+
+def _resume_and_compare(
+    catalog: Path, out: Path, reference: Path, server: FaultServer, stored: int
+) -> None:
+    journaled = _journaled(out)
+    assert stored - 4 <= journaled <= stored  # only the last jobs' images may be unrecorded
+    server.clear_log()
+    assert main(_args(catalog, out)) == 0
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["kept"] == N_SLOW and report["reused"] == journaled
+    assert len(server.paths()) == N_SLOW - journaled  # nothing recorded as stored is fetched again
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "dataset.parquet"), pd.read_parquet(reference / "dataset.parquet")
+    )
+    assert sorted(os.listdir(out / "images")) == sorted(os.listdir(reference / "images"))
+    for name in os.listdir(reference / "images"):
+        assert (out / "images" / name).read_bytes() == (reference / "images" / name).read_bytes()
+    assert not (out / ".prepare_journal.jsonl").exists()
+
+
+@pytest.fixture
+def slow_setup(tmp_path):
+    with FaultServer() as server:
+        catalog = _slow_catalog(server, tmp_path / "cat")
+        reference = tmp_path / "reference"
+        prepare_dataset(
+            PrepareArgs(
+                source=str(catalog), out=reference, concurrency=8, per_host=8, progress=False
+            )
+        )
+        yield server, catalog, tmp_path / "out", reference
+
+
+@pytest.mark.slow
+def test_sigint_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
+    server, catalog, out, reference = slow_setup
+    stopped = _start_and_stop(catalog, out, signal.SIGINT, whole_cli=True)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not [p for p in (out / "images").iterdir() if p.name.endswith(".tmp")]
+    stored = _check_no_partial_image(out)
+    assert 8 <= stored < N_SLOW
+    _resume_and_compare(catalog, out, reference, server, stored)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
+    server, catalog, out, reference = slow_setup
+    stopped = _start_and_stop(catalog, out, signal.SIGKILL, whole_cli=False)
+    assert stopped.returncode == -signal.SIGKILL
+    stored = _check_no_partial_image(out)
+    assert 8 <= stored < N_SLOW
+    _resume_and_compare(catalog, out, reference, server, stored)
