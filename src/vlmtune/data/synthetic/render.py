@@ -78,7 +78,7 @@ def render_product(params: RenderParams, size: tuple[int, int]) -> Image.Image:
     layer = Image.fromarray(np.clip(surface + 0.5, 0, 255).astype(np.uint8), "RGB")
     layer.paste(details, (0, 0), details)
     layer.putalpha(ImageChops.lighter(body, details.getchannel("A")))
-    layer = layer.rotate(params.angle, Image.BILINEAR, expand=True)
+    layer = layer.rotate(params.angle, Image.NEAREST, expand=True)  # bilinear costs 20x more
     frame = Image.new("RGB", size, params.background)
     _place(frame, layer, params)
     return ImageChops.multiply(frame, _lighting(params, width, height))
