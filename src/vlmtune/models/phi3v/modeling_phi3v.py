@@ -108,9 +108,20 @@ class Phi3VImageEmbedding(nn.Module):
         tower = self.vision_tower
         hidden = tower.embeddings(crops.to(tower.embeddings.patch_embedding.weight.dtype))
         hidden = tower.pre_layrnorm(hidden)
-        for layer in tower.encoder.layers[: self.layers_used]:
+        layers = tower.encoder.layers[: self.layers_used]
+        if self._needs_input_grad(hidden, layers):
+            hidden = hidden.requires_grad_(True)
+        for layer in layers:
             hidden = layer(hidden, None)
         return hidden[:, 1:]
+
+    def _needs_input_grad(self, hidden: torch.Tensor, layers: nn.ModuleList) -> bool:
+        """Reentrant activation checkpointing only back-propagates into a checkpointed block whose
+        input requires grad: true when the patch embedding is frozen but tower layers (e.g. LoRA)
+        train."""
+        if not (self.training and torch.is_grad_enabled()) or hidden.requires_grad:
+            return False
+        return any(p.requires_grad for p in layers.parameters())
 
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Projected features per image.
@@ -314,7 +325,6 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = _positions_from_mask(attention_mask, inputs_embeds.shape[1])
-        kwargs.pop("num_items_in_batch", None) if labels is None else None
         outputs = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -398,8 +408,12 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
         model.load_state_dict(state, strict=True, assign=True)
         config.dtype = target
         _load_generation_config(model, folder)
-        if device_map not in (None, "cpu"):
-            model.to(device_map if not isinstance(device_map, dict) else "cpu")
+        if device_map == "auto":
+            device_map = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(device_map, dict):
+            raise ValueError("device_map dicts are not supported; give one device")
+        if device_map is not None:
+            model.to(device_map)
         return model.eval()
 
     def save_pretrained(

@@ -214,14 +214,19 @@ def _normalise_inputs(text: Any, images: Any) -> tuple[list[str], list[list[Imag
         raise ValueError("text must be a string or a non-empty list of strings")
     if images is None:
         return texts, [[] for _ in texts]
-    image_lists = [list(sample) if sample is not None else [] for sample in images]
-    if len(image_lists) != len(texts):
+    images = list(images)
+    if len(images) != len(texts):
         raise ValueError(
-            f"{len(texts)} texts but {len(image_lists)} image lists; give one image list per text"
+            f"{len(texts)} texts but {len(images)} image lists; give one image list per text"
         )
-    for i, sample in enumerate(image_lists):
-        if not all(isinstance(image, Image.Image) for image in sample):
+    image_lists = []
+    for i, sample in enumerate(images):
+        sample = [] if sample is None else sample
+        if isinstance(sample, Image.Image) or not all(
+            isinstance(image, Image.Image) for image in sample
+        ):
             raise ValueError(
                 f"images[{i}] must be a list of PIL images (a batch takes one list per text)"
             )
+        image_lists.append(list(sample))
     return texts, image_lists
