@@ -58,6 +58,7 @@ def merge_adapter(
     merged, processor = load_model_and_processor(adapter_dir, dtype=torch.float32, device="cpu")
     target_dtype = _DTYPES.get(dtype) or _checkpoint_dtype(location.base_dir)
     merged = merged.to(target_dtype)
+    merged.config.dtype = target_dtype  # recorded as torch_dtype in config.json
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

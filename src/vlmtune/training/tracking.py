@@ -132,6 +132,13 @@ def log_model_artifact(model_dir: Path, name: str, metadata: Mapping[str, Any]) 
     wandb.run.log_artifact(artifact)
 
 
+def finish_tracking(report_to: str) -> None:
+    """Close the W&B run this run opened (transformers' callback leaves it open)."""
+    wandb = _active_wandb() if report_to == "wandb" else None
+    if wandb is not None:
+        wandb.finish()
+
+
 def _active_wandb() -> Any:
     if importlib.util.find_spec("wandb") is None:
         return None

@@ -39,7 +39,12 @@ from vlmtune.training.build import (
 )
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
 from vlmtune.training.preflight import check_backends, preflight_summary
-from vlmtune.training.tracking import log_eval_table, log_model_artifact, tracking_environment
+from vlmtune.training.tracking import (
+    finish_tracking,
+    log_eval_table,
+    log_model_artifact,
+    tracking_environment,
+)
 from vlmtune.utils.config import ConfigError, save_config
 from vlmtune.utils.io import atomic_write_json
 from vlmtune.utils.logging import get_logger
@@ -80,6 +85,18 @@ def train(config: TrainConfig, generation_eval: GenerationEval | None = None) ->
     run_dir = Path(config.train.output_dir)
     resume = resolve_resume(config.train.resume, run_dir)
     seed_everything(config.train.seed)
+    with tracking_environment(config.train.report_to, run_dir, config.train.wandb_project):
+        trainer, summary = _setup(config, run_dir, generation_eval)
+        try:
+            return _run(trainer, config, run_dir, resume, summary)
+        finally:
+            finish_tracking(config.train.report_to)
+
+
+def _setup(
+    config: TrainConfig, run_dir: Path, generation_eval: GenerationEval | None
+) -> tuple[VlmTrainer, dict[str, Any]]:
+    """Processor, model in its mode, datasets, preflight, resolved config.yaml and the Trainer."""
     processor = load_processor(config.model)
     model = build_model(config.model, config.train, config.lora)
     datasets = build_datasets(config.data, processor, with_eval=config.train.evaluates)
@@ -98,48 +115,36 @@ def train(config: TrainConfig, generation_eval: GenerationEval | None = None) ->
         generation_eval=generation_eval,
         max_bad_image_fraction=config.data.max_bad_image_fraction,
     )
-    trainer.remove_callback(
-        PrinterCallback
-    )  # events are logged by MetricsJsonlCallback instead of printed
-    return _run(trainer, config, run_dir, resume, summary)
+    trainer.remove_callback(PrinterCallback)  # MetricsJsonlCallback logs the events instead
+    return trainer, summary
 
 
 def _run(
     trainer: VlmTrainer, config: TrainConfig, run_dir: Path, resume: str | None, summary: dict
 ) -> TrainResult:
-    """Train (under the tracker's environment and the signal guard), then save the model and summary."""
+    """Train under the signal guard, then save the final model (or not, when stopped) and the summary."""
     started = time.perf_counter()
-    with tracking_environment(config.train.report_to, run_dir, config.train.wandb_project):
-        with SignalCheckpointCallback() as stopper:
-            trainer.add_callback(stopper)
-            output = trainer.train(resume_from_checkpoint=resume)
-        last = get_last_checkpoint(str(run_dir))
-        summary |= _run_figures(trainer, output.metrics, time.perf_counter() - started)
-        if stopper.received is not None:
-            log.warning(
-                "stopped by %s at step %s; resume with --resume auto",
-                stopper.signal_name,
-                trainer.state.global_step,
-            )
-            _write_summary(trainer, run_dir, summary | {"interrupted_by": stopper.signal_name})
-            return TrainResult(
-                run_dir,
-                None,
-                output.metrics,
-                summary,
-                stopper.signal_name,
-                Path(last) if last else None,
-            )
-        model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))
-        if trainer.is_world_process_zero():
-            log_model_artifact(
-                model_dir, config.train.run_name or run_dir.name, {"mode": config.train.mode}
-            )
+    with SignalCheckpointCallback() as stopper:
+        trainer.add_callback(stopper)
+        output = trainer.train(resume_from_checkpoint=resume)
+    last = get_last_checkpoint(str(run_dir))
+    last = Path(last) if last else None
+    summary |= _run_figures(trainer, output.metrics, time.perf_counter() - started)
+    if stopper.received is not None:
+        step = trainer.state.global_step
+        log.warning(
+            "stopped by %s at step %s; resume with --resume auto", stopper.signal_name, step
+        )
+        _write_summary(trainer, run_dir, summary | {"interrupted_by": stopper.signal_name})
+        return TrainResult(run_dir, None, output.metrics, summary, stopper.signal_name, last)
+    model_dir = run_dir / "model"
+    trainer.save_model(str(model_dir))
+    if trainer.is_world_process_zero() and config.train.report_to == "wandb":
+        log_model_artifact(
+            model_dir, config.train.run_name or run_dir.name, {"mode": config.train.mode}
+        )
     _write_summary(trainer, run_dir, summary)
-    return TrainResult(
-        run_dir, model_dir, output.metrics, summary, None, Path(last) if last else None
-    )
+    return TrainResult(run_dir, model_dir, output.metrics, summary, None, last)
 
 
 def _check_best_metric(config: TrainConfig, generation_eval: GenerationEval | None) -> None:

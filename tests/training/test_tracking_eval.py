@@ -1,0 +1,100 @@
+"""Evaluation during training (loss + generation metrics), the best checkpoint, and the trackers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from vlmtune.data.prepared import load_prepared
+from vlmtune.data.prompts import PromptTemplate
+from vlmtune.evaluation.args import GenerationArgs
+from vlmtune.evaluation.evaluate import make_generation_eval
+from vlmtune.training.callbacks import read_metrics
+from vlmtune.training.tracking import tracking_environment, wandb_mode
+from vlmtune.training.train import train
+from vlmtune.utils.config import ConfigError
+
+
+def _generation_eval(tiny_inputs):
+    dataset = load_prepared(tiny_inputs.data, "val")
+    return make_generation_eval(
+        dataset, PromptTemplate(), GenerationArgs(max_new_tokens=6, batch_size=4), limit=4
+    )
+
+
+def test_generation_metrics_are_logged_as_eval_metrics(tiny_inputs, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_inputs.config(
+        run, max_steps=2, eval_steps=2, save_steps=2, metric_for_best="eval_price_mape"
+    )
+    result = train(config, _generation_eval(tiny_inputs))
+    evals = [e for e in read_metrics(run / "metrics.jsonl") if "eval_loss" in e]
+    assert len(evals) == 1 and evals[0]["step"] == 2
+    assert {"eval_price_mape", "eval_category_accuracy", "eval_title_token_f1"} <= evals[0].keys()
+    assert result.summary["best_metric"] == evals[0]["eval_price_mape"]
+    with pytest.raises(ConfigError, match="generation metric"):
+        train(config)  # the same metric without a generation evaluation
+
+
+def test_best_checkpoint_is_kept_and_becomes_the_final_model(tiny_inputs, tmp_path):
+    run = tmp_path / "run"
+    # greater_is_better on the loss makes the first evaluation the best one, so best != last
+    config = tiny_inputs.config(
+        run, mode="full", max_steps=6, eval_steps=2, save_steps=2, save_total_limit=2,
+        metric_for_best="eval_loss", greater_is_better=True, learning_rate=3e-3,
+    )  # fmt: skip
+    result = train(config)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-6"]
+    assert result.summary["best_checkpoint"].endswith("checkpoint-2")
+    final, best = (
+        load_file(str(run / "model" / "model.safetensors")),
+        load_file(str(run / "checkpoint-2" / "model.safetensors")),
+    )
+    last = load_file(str(run / "checkpoint-6" / "model.safetensors"))
+    assert all((final[k] == best[k]).all() for k in final)
+    assert any(not (final[k] == last[k]).all() for k in final)
+
+
+def test_wandb_goes_offline_without_an_api_key_and_logs_the_table(
+    tiny_inputs, tmp_path, monkeypatch
+):
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    assert wandb_mode() == "offline"
+    assert (
+        wandb_mode({"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}) == "offline"
+    )
+    run = tmp_path / "run"
+    config = tiny_inputs.config(
+        run, max_steps=2, eval_steps=2, save_steps=2, report_to="wandb", run_name="t"
+    )
+    started = time.monotonic()
+    train(config, _generation_eval(tiny_inputs))
+    assert time.monotonic() - started < 120, "W&B must never hang"
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    tables = list(offline[0].glob("files/media/table/eval/predictions*.table.json"))
+    assert tables, "the eval predictions table is logged"
+    assert "WANDB_MODE" not in os.environ, "the tracker environment is restored after the run"
+
+
+def test_tensorboard_writes_event_files(tiny_inputs, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_inputs.config(run, max_steps=2, report_to="tensorboard"))
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_tracking_environment_is_scoped(tmp_path):
+    env = {"KEEP": "1"}
+    with tracking_environment("mlflow", tmp_path, "proj", env) as updates:
+        assert (
+            env["MLFLOW_TRACKING_URI"].startswith("file:")
+            and env["MLFLOW_EXPERIMENT_NAME"] == "proj"
+        )
+        assert updates.keys() == {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"}
+    assert env == {"KEEP": "1"}
