@@ -27,7 +27,10 @@ VERBS: list[tuple[str, str]] = [
     ("init-model", "init_model"),
     ("serve-images", "serve_images"),
     ("train", "train"),
+    ("eval", "eval"),
+    ("predict", "predict"),
     ("merge", "merge"),
+    ("demo", "demo"),
 ]
 
 app = typer.Typer(
@@ -66,7 +69,8 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False click returns a command's typer.Exit code instead of raising it
+        result = app(args=argv, standalone_mode=False)
     except ConfigError as err:
         typer.echo(f"vlmtune: configuration error: {err}", err=True)
         return 2
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             err.show()
             return code
         raise
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ _ITEMS_ARGUMENT = typer.Argument(
     ...,
     help="Image files and/or folders, then optional key=value overrides (e.g. generation.batch_size=4).",
     show_default=False,
+    metavar="IMAGES_OR_DIRS...",
 )
 _MODEL_OPTION = typer.Option(
     None, "--model", "-m", help="Checkpoint, PEFT adapter or training run folder."
