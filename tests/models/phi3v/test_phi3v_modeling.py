@@ -224,3 +224,13 @@ def test_is_a_pretrained_model_with_generation():
     assert issubclass(Phi3VForCausalLM, PreTrainedModel) and issubclass(
         Phi3VForCausalLM, GenerationMixin
     )
+
+
+def test_wrong_crop_size_is_a_clear_error(tiny_model, tiny_batch):
+    pixels = torch.zeros(1, 5, 3, 112, 112)
+    with pytest.raises(ValueError, match="crop_size"):
+        tiny_model(
+            input_ids=torch.tensor([tiny_batch["rows"][0]]),
+            pixel_values=pixels,
+            image_sizes=tiny_batch["image_sizes"][:1],
+        )

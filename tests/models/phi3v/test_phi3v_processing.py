@@ -124,3 +124,37 @@ def test_save_and_reload(tmp_path, golden, processor):
         processor(text=text, images=[image])["input_ids"],
     )
     assert again.decode([32010, 13, 5618]) == processor.decode([32010, 13, 5618])
+
+
+def test_tiny_processor_feeds_tiny_model_end_to_end(golden, tiny_model):
+    from vlmtune.models.phi3v import Phi3VImageProcessor
+
+    tokenizer = Phi3VProcessor.from_pretrained(golden / "checkpoint").tokenizer
+    processor = Phi3VProcessor(Phi3VImageProcessor(num_crops=4, crop_size=56), tokenizer)
+    a, b = golden_image(golden, "img0_1000x1300.png"), golden_image(golden, "img3_1344x200.png")
+    texts = [
+        "<|user|>\n<|image_1|>\nTitle?<|end|>\n<|assistant|>\n",
+        "<|user|>\n<|image_1|><|image_2|>\nBoth?<|end|>\n<|assistant|>\n",
+    ]
+    out = processor(text=texts, images=[[a], [a, b]], padding_side="left")
+    ids = (
+        out["input_ids"].remainder(128).where(out["input_ids"] >= 0, out["input_ids"])
+    )  # tiny vocab
+    with torch.no_grad():
+        logits = tiny_model(
+            input_ids=ids,
+            attention_mask=out["attention_mask"],
+            pixel_values=out["pixel_values"],
+            image_sizes=out["image_sizes"],
+        ).logits
+        generated = tiny_model.generate(
+            input_ids=ids,
+            attention_mask=out["attention_mask"],
+            pixel_values=out["pixel_values"],
+            image_sizes=out["image_sizes"],
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
+    assert generated.shape == (2, ids.shape[1] + 3)

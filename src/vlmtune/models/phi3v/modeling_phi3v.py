@@ -149,6 +149,11 @@ class Phi3VImageEmbedding(nn.Module):
             raise ValueError(
                 f"pixel_values must be [num_images, crops, 3, S, S], got {tuple(pixel_values.shape)}"
             )
+        if tuple(pixel_values.shape[-3:]) != (3, self.crop_size, self.crop_size):
+            raise ValueError(
+                f"pixel_values crops are {tuple(pixel_values.shape[-3:])}, the model expects "
+                f"(3, {self.crop_size}, {self.crop_size}); check the image processor's crop_size"
+            )
         sizes = torch.as_tensor(image_sizes).view(-1, 2).tolist()
         if len(sizes) != pixel_values.shape[0]:
             raise ValueError(
