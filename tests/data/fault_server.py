@@ -261,6 +261,7 @@ class FaultServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs (40 ms)
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]

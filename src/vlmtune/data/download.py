@@ -31,6 +31,7 @@ import email.utils
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
@@ -187,6 +188,7 @@ class Fetcher:
         self._sessions: list[requests.Session] = []
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
+        self._env_proxies = {k: v for k, v in urllib.request.getproxies().items() if k != "no"}
         self.requests_made = 0
 
     def __enter__(self) -> Fetcher:
@@ -257,7 +259,12 @@ class Fetcher:
         result.attempts += 1
         try:
             response = self._session().get(
-                url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+                url,
+                headers=headers,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+                proxies=self._proxies_for(url),
             )
         except requests.Timeout as err:
             raise _Retryable(
@@ -310,10 +317,20 @@ class Fetcher:
         if session is None:
             session = self._session_factory()
             session.max_redirects = self.policy.max_redirects
+            # No per-request scan of the environment (proxies are read once, in __init__)
+            # and no ~/.netrc credentials sent to the hosts of a catalog.
+            session.trust_env = False
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
         return session
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """The environment's proxies (HTTP_PROXY, HTTPS_PROXY), unless NO_PROXY exempts the host."""
+        if not self._env_proxies:
+            return {}
+        host = urlsplit(url).hostname or ""
+        return {} if urllib.request.proxy_bypass(host) else self._env_proxies
 
     def _host_slot(self, url: str) -> threading.BoundedSemaphore:
         parts = urlsplit(url)
