@@ -114,6 +114,7 @@ def test_hub_dataset_name_fails_at_once_when_offline(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - started < 10
     assert "offline" in err and "local" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing is created before the catalog is read
 
 
 def test_unknown_catalog_file_is_reported(tmp_path, capsys):

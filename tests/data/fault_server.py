@@ -26,6 +26,7 @@ Behaviour = Callable[[BaseHTTPRequestHandler, int], None]
 __all__ = [
     "FaultServer",
     "bomb_png",
+    "dribble",
     "html_page",
     "jpeg_bytes",
     "ok",
@@ -164,6 +165,21 @@ def too_many_bytes(size: int, declare: bool = True) -> Behaviour:
         while sent < size:
             handler.wfile.write(block[: size - sent])
             sent += len(block)
+
+    return behave
+
+
+def dribble(chunk: bytes, interval: float, count: int) -> Behaviour:
+    """Send ``count`` chunks, one every ``interval`` seconds (never idle long enough to time out)."""
+
+    def behave(handler: BaseHTTPRequestHandler, _n: int) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(len(chunk) * count))
+        handler.end_headers()
+        for _ in range(count):
+            handler.wfile.write(chunk)
+            time.sleep(interval)
 
     return behave
 

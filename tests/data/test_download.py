@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fault_server import (
     FaultServer,
+    dribble,
     jpeg_bytes,
     ok,
     redirect,
@@ -139,6 +140,16 @@ def test_slow_response_times_out_after_retries(server):
     with _fetcher(timeout=0.3, retries=1) as fetcher:
         result = fetcher.fetch(url)
     assert result.reason.startswith("timeout:") and result.attempts == 2
+
+
+def test_body_dribbling_past_the_overall_deadline_times_out(server):
+    url = server.add("/x.jpg", dribble(b"\xff" * 10, interval=0.05, count=200))
+    started = time.monotonic()
+    with _fetcher(timeout=0.1, retries=0) as fetcher:
+        result = fetcher.fetch(url)
+    assert (
+        result.reason.startswith("timeout: body still arriving") and time.monotonic() - started < 3
+    )
 
 
 def test_connection_reset_is_a_connection_error(server):

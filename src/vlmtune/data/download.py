@@ -17,7 +17,9 @@ the "exponential backoff and jitter" scheme):
   [0.5, 1.5), capped at ``max_backoff``; a ``Retry-After`` header (seconds or
   HTTP date) on 429/503 replaces that wait, capped at ``max_retry_after``;
 - other 4xx are final at once;
-- the body is streamed and abandoned as soon as it exceeds ``max_bytes``.
+- the body is streamed and abandoned as soon as it exceeds ``max_bytes``, or
+  when it is still arriving after 10 read timeouts (a server sending a byte
+  now and then never trips the read timeout itself).
 
 Every failure reason starts with a short kind followed by a colon (``http 404:``,
 ``timeout:``, ``connection error:``, ``too large:``, ``truncated body:``,
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3  # requests' own transport (a hard dependency of requests)
 
 __all__ = [
     "ALLOWED_SCHEMES",
@@ -51,6 +54,7 @@ ALLOWED_SCHEMES = ("http", "https")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _CHUNK = 64 * 1024
+_BODY_TIMEOUTS = 10  # a whole body may take at most this many read timeouts
 
 
 @dataclass
@@ -289,24 +293,32 @@ class Fetcher:
                 f"too large: Content-Length {int(declared)} bytes exceeds the limit of {limit}"
             )
         chunks, size = [], 0
+        deadline = time.monotonic() + _BODY_TIMEOUTS * self.policy.timeout
         try:
-            for chunk in response.iter_content(_CHUNK):
+            # read1 returns what has arrived (up to _CHUNK) instead of waiting for a full
+            # chunk, so the size limit, the stop event and the deadline are checked often.
+            while chunk := response.raw.read1(_CHUNK, decode_content=True):
                 size += len(chunk)
                 result.bytes_received += len(chunk)
                 if size > limit:
                     raise _Final(f"too large: body exceeds the limit of {limit} bytes")
                 if self.stop.is_set():
                     raise _Final("interrupted: stopped while reading the body")
+                if (
+                    time.monotonic() > deadline
+                ):  # a server dribbling bytes never hits the read timeout
+                    raise _Retryable(
+                        f"timeout: body still arriving after {_BODY_TIMEOUTS * self.policy.timeout:g} s"
+                    )
                 chunks.append(chunk)
-        except requests.exceptions.ChunkedEncodingError as err:
-            raise _Retryable(
-                f"truncated body: the connection ended after {size} bytes ({_short(err)})"
-            ) from err
-        except requests.Timeout as err:
+        except urllib3.exceptions.ReadTimeoutError as err:
             raise _Retryable(
                 f"timeout: body stalled for {self.policy.timeout:g} s after {size} bytes"
             ) from err
-        except requests.RequestException as err:
+        except urllib3.exceptions.ProtocolError as err:
+            kind = "truncated body" if "IncompleteRead" in str(err) else "connection error"
+            raise _Retryable(f"{kind}: the connection broke mid-body ({_short(err)})") from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             raise _Retryable(f"connection error: while reading the body: {_short(err)}") from err
         return b"".join(chunks)
 

@@ -49,7 +49,13 @@ import pandas as pd
 
 from vlmtune.data.catalog import Catalog, CatalogColumns, load_catalog
 from vlmtune.data.download import ALLOWED_SCHEMES, DownloadPolicy, Fetcher, check_url
-from vlmtune.data.images import DEFAULT_MAX_PIXELS, ImageRejected, process_image, safe_stem
+from vlmtune.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    ProcessedImage,
+    process_image,
+    safe_stem,
+)
 from vlmtune.data.prepared import DATASET_INFO
 from vlmtune.data.splits import SPLITS, assign_splits, parse_split_fractions
 from vlmtune.utils.io import atomic_path, atomic_write_json
@@ -231,8 +237,25 @@ class _JobResult:
 
 
 @dataclass
+class _Payload:
+    """The bytes of one image reference, or why there are none."""
+
+    data: bytes | None
+    how: str
+    """``downloaded`` or ``copied``."""
+    stage: str
+    """Failure stage if ``data`` is None: ``download`` or ``local``."""
+    reason: str = ""
+    content_type: str = ""
+    received: int = 0
+
+
+@dataclass
 class _Context:
+    """What every job reads (never writes): settings, ids, earlier images, the fetcher."""
+
     args: PrepareArgs
+    out: Path
     ids: list[str]
     previous: dict[str, dict[str, Any]]
     fetcher: Fetcher
@@ -242,11 +265,11 @@ class _Context:
 def prepare_dataset(args: PrepareArgs) -> PrepareReport:
     """Build the dataset in ``args.out`` from ``args.source``; see the module docstring."""
     started = time.monotonic()
-    out = _prepare_out(args.out)
     catalog = load_catalog(args.source, args.columns)
     rows = catalog.rows
     ids = rows[args.columns.id].astype(str).tolist()
     splits = assign_splits(ids, tuple(args.split), args.seed, _strata(rows, args.stratify))
+    out = _prepare_out(args.out)
     jobs = _make_jobs(rows[args.columns.image].tolist(), _catalog_folder(args.source), args)
     previous = _previous_images(out, args)
     results, counters = _run(jobs, ids, previous, args, out)
@@ -413,12 +436,12 @@ def _run(
         open(out / JOURNAL, "a", encoding="utf-8") as journal,
         _progress(len(ids), args.progress) as bar,
     ):
-        ctx = _Context(args=args, ids=ids, previous=previous, fetcher=fetcher, stop=stop)
+        ctx = _Context(args, out, ids, previous, fetcher, stop)
         for job_result in _bounded_map(
-            lambda job: _process_job(job, ctx, out), jobs, args.concurrency, stop
+            lambda job: _process_job(job, ctx), jobs, args.concurrency, stop
         ):
             counters["bytes_downloaded"] += job_result.bytes_downloaded
-            _journal(journal, job_result, ids, args, previous)
+            _journal(journal, job_result, ids, args.image_settings())
             for row_result in job_result.rows:
                 results[row_result.row] = row_result
             bar.update(len(job_result.rows))
@@ -452,14 +475,9 @@ def _bounded_map(
 
 
 def _journal(
-    journal: Any,
-    job_result: _JobResult,
-    ids: list[str],
-    args: PrepareArgs,
-    previous: dict[str, dict[str, Any]],
+    journal: Any, job_result: _JobResult, ids: list[str], settings: dict[str, Any]
 ) -> None:
     """Append newly stored images to the journal (flushed: a SIGKILL right after loses nothing)."""
-    settings = args.image_settings()
     lines = []
     for result in job_result.rows:
         if result.stored is None or result.how == "reused":
@@ -492,67 +510,57 @@ def _progress(total: int, enabled: bool) -> Any:
 # --------------------------------------------------------------------------- one job
 
 
-def _process_job(job: _Job, ctx: _Context, out: Path) -> _JobResult:
+def _process_job(job: _Job, ctx: _Context) -> _JobResult:
     """Reuse, fetch or copy one image reference and store it for each of its rows."""
-    reused = [_reuse(row, job, ctx, out) for row in job.rows]
+    reused = [_reuse(row, job, ctx) for row in job.rows]
     results = [r for r in reused if r is not None]
     todo = [row for row, r in zip(job.rows, reused, strict=True) if r is None]
     if not todo:
         return _JobResult(job.ref, results)
     if job.kind == "refused":
-        return _JobResult(
-            job.ref, results + [_RowResult(row, stage="url", reason=job.refusal) for row in todo]
-        )
-    data, content_type, how, stage, reason, received = _read(job, ctx)
-    if data is None:
-        return _JobResult(
-            job.ref,
-            results + [_RowResult(row, stage=stage, reason=reason) for row in todo],
-            received,
-        )
+        failed = [_RowResult(row, stage="url", reason=job.refusal) for row in todo]
+        return _JobResult(job.ref, results + failed)
+    payload = _read(job, ctx)
+    if payload.data is None:
+        failed = [_RowResult(row, stage=payload.stage, reason=payload.reason) for row in todo]
+        return _JobResult(job.ref, results + failed, payload.received)
     try:
-        image = process_image(data, content_type, ctx.args.max_pixels, ctx.args.max_side)
+        image = process_image(
+            payload.data, payload.content_type, ctx.args.max_pixels, ctx.args.max_side
+        )
     except ImageRejected as err:
-        return _JobResult(
-            job.ref,
-            results + [_RowResult(row, stage="image", reason=err.reason) for row in todo],
-            received,
-        )
-    for row in todo:
-        results.append(
-            _store(row, image.data, image.extension, image.width, image.height, ctx, out, how)
-        )
-    return _JobResult(job.ref, results, received)
+        failed = [_RowResult(row, stage="image", reason=err.reason) for row in todo]
+        return _JobResult(job.ref, results + failed, payload.received)
+    results += [_store(row, image, payload.how, ctx) for row in todo]
+    return _JobResult(job.ref, results, payload.received)
 
 
-def _reuse(row: int, job: _Job, ctx: _Context, out: Path) -> _RowResult | None:
+def _reuse(row: int, job: _Job, ctx: _Context) -> _RowResult | None:
     """The earlier run's image for ``row`` if it is the same reference and its bytes still match."""
     rec = ctx.previous.get(ctx.ids[row])
     if rec is None or rec.get("ref") != job.ref:
         return None
     rel = str(rec.get("path", ""))
-    expected_prefix = f"{IMAGES_DIR}/{safe_stem(ctx.ids[row])}."
-    if not rel.startswith(expected_prefix):
+    if not rel.startswith(f"{IMAGES_DIR}/{safe_stem(ctx.ids[row])}."):
         return None
-    path = out / rel
+    path = ctx.out / rel
     if not path.is_file() or _sha256_file(path) != rec.get("sha256"):
         return None
     stored = _Stored(rel, rec["sha256"], int(rec["width"]), int(rec["height"]))
     return _RowResult(row, stored=stored, how="reused")
 
 
-def _read(job: _Job, ctx: _Context) -> tuple[bytes | None, str, str, str, str, int]:
-    """(data, content_type, how, stage, reason, bytes received) for a URL or local job."""
+def _read(job: _Job, ctx: _Context) -> _Payload:
     if job.kind == "local":
         data, reason = _read_local(Path(job.target), job.ref, ctx.args.max_bytes)
-        return data, "", "copied", "local", reason, 0
+        return _Payload(data, "copied", "local", reason)
     fetched = ctx.fetcher.fetch(job.target)
-    return (
+    return _Payload(
         fetched.data,
-        fetched.content_type,
         "downloaded",
         "download",
         fetched.reason,
+        fetched.content_type,
         fetched.bytes_received,
     )
 
@@ -571,16 +579,15 @@ def _read_local(path: Path, ref: str, max_bytes: int) -> tuple[bytes | None, str
         return None, f"unreadable: {ref!r}: {err.strerror or err}"
 
 
-def _store(
-    row: int, data: bytes, ext: str, width: int, height: int, ctx: _Context, out: Path, how: str
-) -> _RowResult:
-    rel = f"{IMAGES_DIR}/{safe_stem(ctx.ids[row])}{ext}"
+def _store(row: int, image: ProcessedImage, how: str, ctx: _Context) -> _RowResult:
+    """Write ``image`` as ``images/<safe stem of the id><ext>`` atomically."""
+    rel = f"{IMAGES_DIR}/{safe_stem(ctx.ids[row])}{image.extension}"
     try:
-        with atomic_path(out / rel) as tmp:
-            tmp.write_bytes(data)
+        with atomic_path(ctx.out / rel) as tmp:
+            tmp.write_bytes(image.data)
     except OSError as err:
         return _RowResult(row, stage="store", reason=f"write failed: {rel}: {err.strerror or err}")
-    stored = _Stored(rel, hashlib.sha256(data).hexdigest(), width, height)
+    stored = _Stored(rel, hashlib.sha256(image.data).hexdigest(), image.width, image.height)
     return _RowResult(row, stored=stored, how=how)
 
 
