@@ -234,3 +234,8 @@ def test_wrong_crop_size_is_a_clear_error(tiny_model, tiny_batch):
             pixel_values=pixels,
             image_sizes=tiny_batch["image_sizes"][:1],
         )
+
+
+def test_ids_beyond_the_vocabulary_are_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="vocab_size 128"):
+        tiny_model(input_ids=torch.tensor([[1, 128]]))

@@ -18,7 +18,7 @@ PROMPTS = ("one_image_crops4", "one_image_crops16", "two_images", "text_only")
 EAGER_PROMPTS = ("one_image_crops4", "text_only")
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(scope="module", params=["sdpa", pytest.param("eager", marks=pytest.mark.slow)])
 def model(request, golden):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     loaded = Phi3VForCausalLM.from_pretrained(
@@ -51,7 +51,10 @@ def _check_logits(logits, tensors, name, case):
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n == "one_image_crops16" else n for n in PROMPTS],
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in ("one_image_crops16", "two_images") else n
+        for n in PROMPTS
+    ],
 )
 def test_golden_prompt(model, golden, golden_cases, golden_tensors, name):
     if model.config._attn_implementation == "eager" and name not in EAGER_PROMPTS:

@@ -54,8 +54,6 @@ _PROJECTOR_LORA = ["img_projection.0", "img_projection.2"]
 #: peft ``target_modules`` covering the decoder, the CLIP tower and the projector.
 LORA_TARGET_MODULES = _TEXT_LORA + _VISION_LORA + _PROJECTOR_LORA
 
-_PLACEHOLDER_FLOOR = -1_000_000_000  # official: ids in (-1e9, 0) are image placeholders
-
 
 def lora_target_modules(vision: bool = True, projector: bool = True) -> list[str]:
     """peft ``target_modules`` names: the decoder linears, plus CLIP's and the projector's."""
@@ -219,7 +217,6 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
     config_class = Phi3VConfig
     base_model_prefix = "model"
     _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
-    _keys_to_ignore_on_load_unexpected = [r"model\.vision_embed_tokens\.wte\.weight"]
 
     def __init__(self, config: Phi3VConfig) -> None:
         super().__init__(config)
@@ -283,11 +280,16 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Token embeddings with image features at the placeholders: [B, T] -> [B, T, H].
 
-        Placeholders are ids in (-1e9, 0); they never index the embedding table and the
-        caller's ``input_ids`` are not modified. Raises ``ValueError`` with both numbers when
-        the placeholder count differs from the image-feature count.
+        Placeholders are the negative ids (``-k`` for image k); they never index the embedding
+        table and the caller's ``input_ids`` are not modified. Raises ``ValueError`` with both
+        numbers when the placeholder count differs from the image-feature count, and for ids
+        beyond the vocabulary.
         """
-        placeholders = (input_ids < 0) & (input_ids > _PLACEHOLDER_FLOOR)
+        if input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
+            raise ValueError(
+                f"input_ids hold id {int(input_ids.max())} >= vocab_size {self.config.vocab_size}"
+            )
+        placeholders = input_ids < 0
         token_ids = input_ids.masked_fill(placeholders, 0)
         embeds = self.model.embed_tokens(token_ids)
         count = int(placeholders.sum())
