@@ -31,7 +31,7 @@ def test_reads_golden_config(golden):
     assert config.text_config.hidden_size == 64 and config.text_config.model_type == "phi3"
 
 
-@pytest.mark.parametrize("form", ["official", "transformers5", "longrope"])
+@pytest.mark.parametrize("form", ["official", "transformers5", "longrope", "rope_parameters"])
 def test_rope_scaling_forms(golden, form):
     data = _official(golden)
     factors = {k: data["rope_scaling"][k] for k in ("short_factor", "long_factor")}
@@ -39,7 +39,10 @@ def test_rope_scaling_forms(golden, form):
         "official": {"type": "su", **factors},
         "transformers5": {"type": "su", "rope_type": "su", "rope_theta": 10000.0, **factors},
         "longrope": {"rope_type": "longrope", **factors},
+        "rope_parameters": None,
     }[form]
+    if form == "rope_parameters":  # what a plain transformers-5 save_pretrained would write
+        data["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, **factors}
     config = Phi3VConfig(**data)
     assert config.rope_parameters["rope_type"] == "longrope"
     assert config.rope_parameters["short_factor"] == factors["short_factor"]

@@ -179,3 +179,19 @@ def test_lora_attaches_to_text_vision_and_projector(tiny_batch):
     assert all(
         grads[n] is not None for n in grads if "img_projection" in n or ".model.layers.0." in n
     )
+
+
+def test_golden_checkpoint_saves_back_with_the_official_keys(tmp_path, golden):
+    model = Phi3VForCausalLM.from_pretrained(golden / "checkpoint")
+    model.save_pretrained(tmp_path)
+    official = load_file(golden / "checkpoint" / "model.safetensors")
+    saved = load_file(tmp_path / "model.safetensors")
+    assert set(saved) == set(official)
+    for key, value in official.items():
+        assert torch.equal(saved[key], value.float()), key
+    config = json.loads((tmp_path / "config.json").read_text())
+    original = json.loads((golden / "checkpoint" / "config.json").read_text())
+    assert (
+        config["img_processor"] == original["img_processor"]
+        and config["embd_layer"] == original["embd_layer"]
+    )

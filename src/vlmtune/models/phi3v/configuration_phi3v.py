@@ -104,7 +104,10 @@ class Phi3VConfig(Phi3Config):
             self.img_processor["vision_config"] = self.img_processor["vision_config"].to_dict()
         if getattr(self, "auto_map", None) is None:
             kwargs.setdefault("auto_map", dict(_OFFICIAL_AUTO_MAP))
-        kwargs.pop("torch_dtype", None) if "dtype" in kwargs else None
+        if (
+            "dtype" in kwargs
+        ):  # our saved config.json carries both names (torch_dtype for 4.x readers)
+            kwargs.pop("torch_dtype", None)
         super().__post_init__(**kwargs)
         self.validate_phi3v()
 

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.feature_extraction_utils import BatchFeature
 
 from vlmtune.models.phi3v.image_processing_phi3v import Phi3VImageProcessor
+from vlmtune.utils.io import atomic_write_json
 
 __all__ = ["IMAGE_TAG_PATTERN", "Phi3VProcessor", "load_tokenizer"]
 
@@ -107,8 +108,6 @@ class Phi3VProcessor:
                 },
             }
         )
-        from vlmtune.utils.io import atomic_write_json
-
         atomic_write_json(path, data)
 
     # ------------------------------------------------------------------ helpers
