@@ -139,19 +139,25 @@ def _args(catalog: Path, out: Path) -> list[str]:
             "--concurrency", "2", "--per-host", "2", "--timeout", "5"]  # fmt: skip
 
 
-# `python -m vlmtune.cli.main` imports every verb (transformers included); the SIGKILL test
-# only needs the prepare command, so it runs it alone to start in about a second.
-_PREPARE_ONLY = "import typer; from vlmtune.cli.prepare import command; typer.run(command)"
+# `python -m vlmtune.cli.main` imports every verb (transformers included: ~10 s of CPU), so the
+# subprocess runs the prepare command alone, the way main() runs it: without click's standalone
+# mode, Ctrl-C (typer.Abort) ending with exit code 130.
+_PREPARE_ONLY = "\n".join(
+    [
+        "import sys, typer",
+        "from vlmtune.cli.prepare import command",
+        "app = typer.Typer(add_completion=False)",
+        "app.command()(command)",
+        "try:",
+        "    sys.exit(app(standalone_mode=False) or 0)",
+        "except typer.Abort:",
+        "    sys.exit(130)",
+    ]
+)
 
 
-def _start_and_stop(
-    catalog: Path, out: Path, sig: int, whole_cli: bool
-) -> subprocess.CompletedProcess:
-    args = _args(catalog, out)
-    if whole_cli:
-        cmd = [sys.executable, "-m", "vlmtune.cli.main", *args]
-    else:
-        cmd = [sys.executable, "-c", _PREPARE_ONLY, *args[1:]]
+def _start_and_stop(catalog: Path, out: Path, sig: int) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", _PREPARE_ONLY, *_args(catalog, out)[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     images = out / "images"
@@ -219,7 +225,7 @@ def slow_setup(tmp_path):
 @pytest.mark.slow
 def test_sigint_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
     server, catalog, out, reference = slow_setup
-    stopped = _start_and_stop(catalog, out, signal.SIGINT, whole_cli=True)
+    stopped = _start_and_stop(catalog, out, signal.SIGINT)
     assert stopped.returncode == 130, stopped.stderr
     assert "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
     assert not [p for p in (out / "images").iterdir() if p.name.endswith(".tmp")]
@@ -231,7 +237,7 @@ def test_sigint_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
     server, catalog, out, reference = slow_setup
-    stopped = _start_and_stop(catalog, out, signal.SIGKILL, whole_cli=False)
+    stopped = _start_and_stop(catalog, out, signal.SIGKILL)
     assert stopped.returncode == -signal.SIGKILL
     stored = _check_no_partial_image(out)
     assert 8 <= stored < N_SLOW
