@@ -77,6 +77,8 @@ def command(
             err=True,
         )
         raise typer.Exit(128 + int(signal.Signals[result.interrupted_by]))
+    if not result.is_main_process:
+        return
     typer.echo(
         json.dumps(
             {

@@ -10,6 +10,7 @@ would train (no trainable parameter, no label token).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import statistics
 from typing import Any
@@ -75,6 +76,7 @@ def preflight_summary(
         "train_samples": len(datasets.train),
         "eval_samples": len(datasets.eval) if datasets.eval is not None else 0,
         "left_out_before_training": datasets.left_out_counts(),
+        "left_out_samples": [dataclasses.asdict(s) for s in datasets.left_out[:200]],
         "sequence_length": _stats(counts["length"]),
         "image_tokens": _stats(counts["image_tokens"]),
         "label_tokens": _stats(counts["label_tokens"]),

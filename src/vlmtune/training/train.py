@@ -18,6 +18,7 @@ parallelism (torchrun / accelerate launch) and the trackers are the Trainer's;
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlmtune.data.collator import META_KEYS, VisionSFTCollator
@@ -58,6 +60,7 @@ GenerationEval = Callable[[Any, Any], tuple[dict[str, float], list[dict[str, Any
 """(model, processor) -> (metrics by name, one row per evaluated sample); injected by the CLI."""
 
 TRAINING_ARGS_FILE = "training_args.bin"
+_LISTED = 200  # skipped samples listed by name in train_summary.json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +78,8 @@ class TrainResult:
     interrupted_by: str | None = None
     """Signal name (SIGTERM/SIGINT) when the run stopped early after checkpointing."""
     last_checkpoint: Path | None = None
+    is_main_process: bool = True
+    """False on the other ranks of a distributed run (they write nothing)."""
 
 
 def train(config: TrainConfig, generation_eval: GenerationEval | None = None) -> TrainResult:
@@ -136,7 +141,8 @@ def _run(
             "stopped by %s at step %s; resume with --resume auto", stopper.signal_name, step
         )
         _write_summary(trainer, run_dir, summary | {"interrupted_by": stopper.signal_name})
-        return TrainResult(run_dir, None, output.metrics, summary, stopper.signal_name, last)
+        main = trainer.is_world_process_zero()
+        return TrainResult(run_dir, None, output.metrics, summary, stopper.signal_name, last, main)
     model_dir = run_dir / "model"
     trainer.save_model(str(model_dir))
     if trainer.is_world_process_zero() and config.train.report_to == "wandb":
@@ -144,7 +150,9 @@ def _run(
             model_dir, config.train.run_name or run_dir.name, {"mode": config.train.mode}
         )
     _write_summary(trainer, run_dir, summary)
-    return TrainResult(run_dir, model_dir, output.metrics, summary, None, last)
+    return TrainResult(
+        run_dir, model_dir, output.metrics, summary, None, last, trainer.is_world_process_zero()
+    )
 
 
 def _check_best_metric(config: TrainConfig, generation_eval: GenerationEval | None) -> None:
@@ -255,6 +263,7 @@ def _run_figures(trainer: Trainer, metrics: dict[str, float], seconds: float) ->
         "best_metric": trainer.state.best_metric,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "skipped_during_training": trainer.skipped_counts(),
+        "skipped_samples": [dataclasses.asdict(s) for s in trainer.skipped_samples()[:_LISTED]],
     }
 
 
@@ -321,6 +330,10 @@ class VlmTrainer(Trainer):
                 )
             )
 
+    def skipped_samples(self) -> list[SkippedSample]:
+        """Samples skipped while training (bad image, too long), each once."""
+        return list(self._skipped.values())
+
     def skipped_counts(self) -> dict[str, int]:
         """Samples skipped while training, per reason (each sample counted once)."""
         counts: dict[str, int] = {}
@@ -330,12 +343,15 @@ class VlmTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
+        if self.args.train_sampling_strategy == "group_by_length":
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
             return LengthGroupedSampler(batch, lengths=dataset.lengths())
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001
+        if self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths())
+        return super()._get_eval_sampler(eval_dataset)
 
     # ---- evaluation
 

@@ -1,0 +1,59 @@
+"""Samples that break at training time are skipped and counted; too many stop the run; length grouping."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from vlmtune.data.dataset import BadImagesError
+from vlmtune.data.prepared import load_prepared
+from vlmtune.training.train import LengthGroupedSampler, _setup, train
+
+
+@pytest.fixture()
+def truncated_data(tiny_inputs, tmp_path):
+    """A copy of the dataset where one training image keeps its header but loses its pixels."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_inputs.data, data)
+    prepared = load_prepared(data, "train")
+    victim = prepared.image_paths()[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return data, str(prepared.frame.iloc[0][prepared.columns.id]), victim
+
+
+def test_an_unreadable_image_is_skipped_and_counted(tiny_inputs, truncated_data, tmp_path):
+    data, victim_id, _ = truncated_data
+    config = tiny_inputs.config(
+        tmp_path / "run", max_steps=9, save_steps=100
+    )  # 9 x 4 > 28 rows: sees them all
+    config.data.path = data
+    config.data.max_bad_image_fraction = 0.1
+    result = train(config)
+    assert result.summary["skipped_during_training"] == {"bad_image": 1}
+    assert result.summary["left_out_before_training"] == {}, (
+        "the header was fine: found only when decoded"
+    )
+    [listed] = result.summary["skipped_samples"]
+    assert listed["sample_id"] == victim_id and listed["reason"] == "bad_image"
+
+
+def test_too_many_unreadable_images_stop_the_run_listing_them(
+    tiny_inputs, truncated_data, tmp_path
+):
+    data, _, victim = truncated_data
+    config = tiny_inputs.config(tmp_path / "run", max_steps=9, save_steps=100)
+    config.data.path = data
+    config.data.max_bad_image_fraction = 0.0
+    with pytest.raises(BadImagesError, match=str(victim.name)):
+        train(config)
+
+
+def test_group_by_length_uses_the_datasets_exact_lengths(tiny_inputs, tmp_path):
+    config = tiny_inputs.config(tmp_path / "run", eval_steps=2)
+    config.data.group_by_length = True
+    trainer, _ = _setup(config, tmp_path / "run", None)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert sampler.lengths == trainer.train_dataset.lengths() and len(set(sampler.lengths)) > 1
+    assert isinstance(trainer._get_eval_sampler(trainer.eval_dataset), LengthGroupedSampler)
