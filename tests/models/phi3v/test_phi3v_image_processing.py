@@ -87,6 +87,16 @@ def test_non_rgb_is_converted():
     torch.testing.assert_close(processor(gray)["pixel_values"], processor(rgb)["pixel_values"])
 
 
+def test_transparency_is_composited_onto_white():
+    processor = Phi3VImageProcessor(num_crops=1, crop_size=56)
+    clear = Image.new("RGBA", (60, 40), (0, 0, 0, 0))
+    white = Image.new("RGB", (60, 40), (255, 255, 255))
+    torch.testing.assert_close(processor(clear)["pixel_values"], processor(white)["pixel_values"])
+    keyed = Image.new("P", (60, 40), 0)
+    keyed.info["transparency"] = 0
+    torch.testing.assert_close(processor(keyed)["pixel_values"], processor(white)["pixel_values"])
+
+
 def test_errors_are_clear():
     with pytest.raises(ValueError, match="even"):
         Phi3VImageProcessor(crop_size=42, patch_size=14)

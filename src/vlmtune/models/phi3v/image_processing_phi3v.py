@@ -2,7 +2,7 @@
 
 Follows Microsoft's official Phi-3-V remote code (``image_processing_phi3_v.py``) step by step:
 
-1. convert to RGB; transpose portrait images (width < height) so the long side is horizontal;
+1. convert to RGB (transparency composited onto white); transpose portrait images (width < height) so the long side is horizontal;
 2. pick the largest ``scale`` with ``scale * ceil(scale / ratio) <= num_crops``; resize (PIL
    bilinear, exactly what torchvision's PIL resize calls) to ``scale * S`` wide;
 3. pad with white, centred vertically, to a multiple of the crop size S; transpose back;
@@ -57,6 +57,16 @@ class HDGeometry:
     padded_h: int
     height: int
     width: int
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white: what transformers' ``convert_to_rgb``
+    (called by the official processor) does."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def hd_geometry(width: int, height: int, num_crops: int, crop_size: int = 336) -> HDGeometry:
@@ -176,12 +186,10 @@ class Phi3VImageProcessor(BaseImageProcessor):
         """One image -> ([num_crops + 1, 3, S, S] float32, geometry)."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"images must be PIL images, got {type(image).__name__}")
-        if image.mode != "RGB":
-            if not self.do_convert_rgb:
-                raise ValueError(
-                    f"image mode {image.mode!r} is not RGB and do_convert_rgb is false"
-                )
-            image = image.convert("RGB")
+        if self.do_convert_rgb:
+            image = to_rgb(image)
+        elif image.mode != "RGB":
+            raise ValueError(f"image mode {image.mode!r} is not RGB and do_convert_rgb is false")
         geo = hd_geometry(image.width, image.height, num_crops, self.crop_size)
         hd = self._hd_tensor(image, geo)
         size = self.crop_size
