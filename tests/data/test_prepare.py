@@ -482,3 +482,14 @@ def test_exif_rotated_jpeg_is_stored_upright(tmp_path):
     run(write_catalog(folder / "c.csv", [("r", "r.jpg")]), tmp_path / "out")
     frame = load_prepared(tmp_path / "out").frame
     assert (frame["image_width"].iat[0], frame["image_height"].iat[0]) == (10, 40)
+
+
+def test_progress_bar_shows_rate_and_eta(tmp_path, capsys):
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes((i, 0, 0)))
+    catalog = write_catalog(folder / "c.csv", [(f"p{i}", f"{i}.jpg") for i in range(3)])
+    run(catalog, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "img/s" in err and "<" in err  # count, rate, elapsed<remaining
