@@ -20,6 +20,9 @@ def _inputs(tmp_path: Path) -> list[Path]:
     Image.new("RGB", (120, 80), (30, 200, 30)).save(folder / "nested" / "a.jpg")
     (folder / "notes.txt").write_text("not an image, not a suffix we read")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    Image.new("RGB", (3000, 1)).save(
+        folder / "strip.png"
+    )  # decodes, but too elongated for the HD transform
     single = tmp_path / "single.webp"
     Image.new("RGB", (100, 100), (30, 30, 200)).save(single)
     return [folder, single, tmp_path / "missing.jpg"]
@@ -40,7 +43,7 @@ def test_predict_writes_a_row_per_image_and_reports_failures(
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["image", "title", "category3_code", "full_price", "raw_text", "error"]
     names = [Path(r["image"]).name for r in rows]
-    assert names == ["b.png", "broken.jpg", "a.jpg", "single.webp", "missing.jpg"]
+    assert names == ["b.png", "broken.jpg", "a.jpg", "strip.png", "single.webp", "missing.jpg"]
     good = [r for r in rows if not r["error"]]
     assert len(good) == 3
     for row in good:
@@ -54,14 +57,15 @@ def test_predict_writes_a_row_per_image_and_reports_failures(
     assert (
         "not a readable image" in errors["broken.jpg"] and "no such file" in errors["missing.jpg"]
     )
-    assert len(result.failures) == 2
+    assert "cannot be processed" in errors["strip.png"]
+    assert len(result.failures) == 3
 
 
 def test_collect_images_expands_folders_and_names_empty_ones(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
     files, problems = collect_images(_inputs(tmp_path) + [empty])
-    assert [p.name for p in files] == ["b.png", "broken.jpg", "a.jpg", "single.webp"]
+    assert [p.name for p in files] == ["b.png", "broken.jpg", "a.jpg", "strip.png", "single.webp"]
     assert [(p.name, r.split(" ")[0]) for p, r in problems] == [
         ("missing.jpg", "no"),
         ("empty", "folder"),

@@ -26,7 +26,7 @@ from PIL import Image
 from vlmtune.data.prepared import PreparedDataset, PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import ParsedListing, PromptTemplate, record_from_row
 from vlmtune.evaluation.args import EvalArgs, GenerationArgs
-from vlmtune.evaluation.generate import generate_listings
+from vlmtune.evaluation.generate import check_image, generate_listings
 from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics, score_row
 from vlmtune.evaluation.report import ReportData, find_training_log, read_training_log, write_report
 from vlmtune.models.loading import load_model_and_processor
@@ -191,7 +191,9 @@ def _generate_rows(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(refs), gen.batch_size):
         chunk = paths[start : start + gen.batch_size]
-        texts = generate_listings(model, processor, [_load_image(p) for p in chunk], template, gen)
+        texts = generate_listings(
+            model, processor, [_load_image(p, processor) for p in chunk], template, gen
+        )
         for offset, text in enumerate(texts):
             i = start + offset
             rows.append(
@@ -201,14 +203,16 @@ def _generate_rows(
     return rows
 
 
-def _load_image(path: Path) -> Image.Image:
+def _load_image(path: Path, processor: Any) -> Image.Image:
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            rgb = image.convert("RGB")
+        check_image(processor, rgb)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise EvalError(
-            f"image {str(path)!r} of the prepared dataset cannot be read: {err}"
+            f"image {str(path)!r} of the prepared dataset cannot be used: {err}"
         ) from err
+    return rgb
 
 
 def _parsed_fields(parsed: Mapping[str, Any]) -> dict[str, Any]:

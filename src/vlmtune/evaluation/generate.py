@@ -19,7 +19,7 @@ from PIL import Image
 from vlmtune.data.prompts import END_TOKEN, PromptTemplate
 from vlmtune.evaluation.args import GenerationArgs
 
-__all__ = ["generate_listings", "stop_token_ids"]
+__all__ = ["check_image", "generate_listings", "stop_token_ids"]
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
@@ -36,6 +36,14 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
             "the tokenizer has neither <|end|> nor an EOS token: generation could not stop"
         )
     return ids
+
+
+def check_image(processor: Any, image: Image.Image) -> None:
+    """Raise ``ValueError`` when the processor cannot take ``image`` (e.g. too elongated for the
+    HD transform), so that callers can report that one image instead of failing its whole batch."""
+    count = getattr(processor, "num_image_tokens", None)
+    if callable(count):
+        count(_rgb(image))
 
 
 @torch.no_grad()

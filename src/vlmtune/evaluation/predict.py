@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from vlmtune.data.catalog import CatalogColumns
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import GenerationArgs, PredictArgs
-from vlmtune.evaluation.generate import generate_listings
+from vlmtune.evaluation.generate import check_image, generate_listings
 from vlmtune.models.loading import load_model_and_processor
 from vlmtune.utils.io import atomic_path
 from vlmtune.utils.logging import get_logger
@@ -97,7 +97,11 @@ def predict_images(
     template: PromptTemplate,
     gen: GenerationArgs | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate and parse a listing per path, ``gen.batch_size`` at a time; unreadable files get an error row."""
+    """Generate and parse a listing per path, ``gen.batch_size`` at a time.
+
+    A file that cannot be decoded, or that the processor cannot take (e.g. a
+    1x3000 strip), gets a row with ``error`` set instead of stopping the batch.
+    """
     gen = gen or GenerationArgs()
     rows: list[dict[str, Any]] = []
     model.eval()
@@ -105,7 +109,7 @@ def predict_images(
         chunk_rows, images = [], []
         for path in paths[start : start + gen.batch_size]:
             try:
-                images.append(read_image(path))
+                images.append(_usable_image(path, processor))
                 chunk_rows.append(_row(path, None))
             except ValueError as err:
                 log.warning("skipped %s", err)
@@ -156,6 +160,15 @@ def run_predict(args: PredictArgs) -> PredictResult:
     rows += [_row(path, reason) for path, reason in problems]
     out = write_predictions_csv(args.out, rows, args.columns)
     return PredictResult(rows=rows, out=out)
+
+
+def _usable_image(path: Path, processor: Any) -> Image.Image:
+    image = read_image(path)
+    try:
+        check_image(processor, image)
+    except ValueError as err:
+        raise ValueError(f"{str(path)!r} cannot be processed: {err}") from err
+    return image
 
 
 def _row(path: Path, error: str | None) -> dict[str, Any]:
