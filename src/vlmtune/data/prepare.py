@@ -284,6 +284,10 @@ def prepare_dataset(args: PrepareArgs) -> PrepareReport:
     report.images_per_second = round(made / report.seconds, 2) if report.seconds > 0 else 0.0
     atomic_write_json(out / "prepare_report.json", report.to_dict())
     (out / JOURNAL).unlink(missing_ok=True)
+    LOG.info(
+        "prepare: kept %d of %d rows (%d reused), dropped %d (failures.csv) in %.1f s -> %s",
+        report.kept, report.rows_read, report.reused, report.dropped, report.seconds, out,
+    )  # fmt: skip
     return report
 
 
@@ -606,7 +610,7 @@ def _manifest(
     rows: pd.DataFrame, results: dict[int, _RowResult], splits: list[str]
 ) -> pd.DataFrame:
     kept = [i for i in range(len(rows)) if results.get(i) and results[i].stored is not None]
-    frame = rows.iloc[kept].reset_index(drop=True).copy()
+    frame = rows.iloc[kept].reset_index(drop=True).drop(columns=NEW_COLUMNS, errors="ignore")
     stored = [results[i].stored for i in kept]
     frame["local_image_path"] = pd.Series([s.path for s in stored], dtype="object")
     frame["image_width"] = pd.Series([s.width for s in stored], dtype="int64")
