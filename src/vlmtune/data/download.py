@@ -271,11 +271,9 @@ class Fetcher:
                 proxies=self._proxies_for(url),
             )
         except requests.Timeout as err:
-            raise _Retryable(
-                f"timeout: no response within {self.policy.timeout:g} s ({_short(err)})"
-            ) from err
+            raise _Retryable(f"timeout: no response within {self.policy.timeout:g} s") from err
         except requests.RequestException as err:
-            raise _Retryable(f"connection error: {_short(err)}") from err
+            raise _Retryable(f"connection error: {_root_cause(err)}") from err
         with response:
             result.status = response.status_code
             result.content_type = response.headers.get("Content-Type", "")
@@ -317,7 +315,7 @@ class Fetcher:
             ) from err
         except urllib3.exceptions.ProtocolError as err:
             kind = "truncated body" if "IncompleteRead" in str(err) else "connection error"
-            raise _Retryable(f"{kind}: the connection broke mid-body ({_short(err)})") from err
+            raise _Retryable(f"{kind}: the connection broke mid-body ({_root_cause(err)})") from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise _Retryable(f"connection error: while reading the body: {_short(err)}") from err
         return b"".join(chunks)
@@ -377,6 +375,23 @@ def _raise_for_status(response: requests.Response, max_retry_after: float) -> No
     if status in _REDIRECTS:
         raise _Final(f"bad redirect: http {status} without a Location header", status)
     raise _Final(label, status)
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error, e.g. ``Connection refused`` (not 300 characters of wrappers)."""
+    current, seen = err, set()
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        inner = inner or current.__cause__ or current.__context__
+        if inner is None:
+            break
+        current = inner
+    if isinstance(current, OSError) and current.strerror:
+        return current.strerror
+    return _short(current)
 
 
 def _short(err: BaseException) -> str:
