@@ -167,9 +167,9 @@ def run_eval(args: EvalArgs) -> EvalResult:
     dataset = load_prepared(args.data, args.split)
     train = _train_split(args.data)
     template = PromptTemplate(args.prompt)
-    result = _evaluate_path(args.model, args, dataset, template, train)
+    result = _evaluate_path("model", args.model, args, dataset, template, train)
     if args.base_model is not None:
-        base = _evaluate_path(args.base_model, args, dataset, template, None)
+        base = _evaluate_path("base model", args.base_model, args, dataset, template, None)
         result.base_metrics, result.base_predictions = base.metrics, base.predictions
     result.out = _write_results(out, args, result)
     return result
@@ -228,6 +228,7 @@ def _train_split(root: Path) -> PreparedDataset | None:
 
 
 def _evaluate_path(
+    role: str,
     path: Path,
     args: EvalArgs,
     dataset: PreparedDataset,
@@ -236,7 +237,8 @@ def _evaluate_path(
 ) -> EvalResult:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     log.info(
-        "evaluating %s on %d row(s) of %s/%s",
+        "evaluating the %s %s on %d row(s) of %s/%s",
+        role,
         path,
         min(len(dataset), args.limit or len(dataset)),
         args.data,
