@@ -493,3 +493,14 @@ def test_progress_bar_shows_rate_and_eta(tmp_path, capsys):
     run(catalog, tmp_path / "out", progress=True)
     err = capsys.readouterr().err
     assert "3/3" in err and "img/s" in err and "<" in err  # count, rate, elapsed<remaining
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    catalog = write_catalog(tmp_path / "c.csv", [("a", "x.jpg")])
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".prepare.lock", "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # what a running prepare holds
+        with pytest.raises(PrepareError, match="another `vlmtune prepare` is writing"):
+            run(catalog, tmp_path / "out")
+    assert run(catalog, tmp_path / "out").rows_read == 1

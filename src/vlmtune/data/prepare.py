@@ -31,6 +31,7 @@ usable image: HTML, truncated, corrupt, decompression bomb), ``store``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -76,6 +77,7 @@ FAILURE_COLUMNS = ["source_row", "id", "url", "stage", "reason"]
 NEW_COLUMNS = ["local_image_path", "image_width", "image_height", "image_sha256", "split"]
 IMAGES_DIR = "images"
 JOURNAL = ".prepare_journal.jsonl"
+LOCK = ".prepare.lock"
 _STORED_NAME = re.compile(r"^[A-Za-z0-9._-]*-[0-9a-f]{16}\.(jpg|png)$")
 
 
@@ -270,13 +272,14 @@ def prepare_dataset(args: PrepareArgs) -> PrepareReport:
     ids = rows[args.columns.id].astype(str).tolist()
     splits = assign_splits(ids, tuple(args.split), args.seed, _strata(rows, args.stratify))
     out = _prepare_out(args.out)
-    jobs = _make_jobs(rows[args.columns.image].tolist(), _catalog_folder(args.source), args)
-    previous = _previous_images(out, args)
-    results, counters = _run(jobs, ids, previous, args, out)
-    manifest = _manifest(rows, results, splits)
-    failures = _failures(catalog, results, rows[args.columns.image].tolist())
-    pruned = _prune_images(out, set(manifest["local_image_path"]))
-    _write_outputs(out, args, manifest, failures)
+    with _exclusive(out):
+        jobs = _make_jobs(rows[args.columns.image].tolist(), _catalog_folder(args.source), args)
+        previous = _previous_images(out, args)
+        results, counters = _run(jobs, ids, previous, args, out)
+        manifest = _manifest(rows, results, splits)
+        failures = _failures(catalog, results, rows[args.columns.image].tolist())
+        pruned = _prune_images(out, set(manifest["local_image_path"]))
+        _write_outputs(out, args, manifest, failures)
     report = _report(args, catalog, manifest, failures, results, counters, len(jobs))
     report.pruned = pruned
     report.seconds = round(time.monotonic() - started, 3)
@@ -302,6 +305,27 @@ def _prepare_out(out: Path) -> Path:
         for stale in folder.glob(".*.tmp"):  # temp files of a killed run (utils.io naming)
             stale.unlink(missing_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Refuse a second run writing to the same folder (an OS lock: released even by SIGKILL)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; runs are not guarded
+        yield
+        return
+    with open(out / LOCK, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            raise PrepareError(
+                f"another `vlmtune prepare` is writing to {str(out)!r}; wait for it to end"
+            ) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _strata(rows: pd.DataFrame, column: str | None) -> list[str] | None:
