@@ -169,21 +169,22 @@ class Phi3VImageProcessor(BaseImageProcessor):
         crops = int(num_crops or self.num_crops)
         if not images:
             raise ValueError("no images given to the image processor")
-        pixel_values, sizes, tokens = [], [], []
-        for image in images:
-            pv, geo = self._transform_one(image, crops)
-            pixel_values.append(pv)
+        size = self.crop_size
+        pixel_values = torch.empty(len(images), crops + 1, 3, size, size, dtype=torch.float32)
+        sizes, tokens = [], []
+        for index, image in enumerate(images):
+            geo = self._transform_one(image, crops, pixel_values[index])
             sizes.append([geo.height, geo.width])
             tokens.append(self.num_tokens_for_size(image.width, image.height, crops))
         data = {
-            "pixel_values": torch.stack(pixel_values),
+            "pixel_values": pixel_values,
             "image_sizes": torch.tensor(sizes, dtype=torch.long),
             "num_img_tokens": torch.tensor(tokens, dtype=torch.long),
         }
         return BatchFeature(data=data)
 
-    def _transform_one(self, image: Image.Image, num_crops: int) -> tuple[torch.Tensor, HDGeometry]:
-        """One image -> ([num_crops + 1, 3, S, S] float32, geometry)."""
+    def _transform_one(self, image: Image.Image, num_crops: int, out: torch.Tensor) -> HDGeometry:
+        """Write one image's [num_crops + 1, 3, S, S] crops into ``out``; return its geometry."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"images must be PIL images, got {type(image).__name__}")
         if self.do_convert_rgb:
@@ -194,12 +195,11 @@ class Phi3VImageProcessor(BaseImageProcessor):
         hd = self._hd_tensor(image, geo)
         size = self.crop_size
         rows, cols = geo.height // size, geo.width // size
-        out = torch.empty(num_crops + 1, 3, size, size, dtype=torch.float32)
         out[0] = F.interpolate(hd[None], size=(size, size), mode="bicubic")[0]
         grid = hd.view(3, rows, size, cols, size).permute(1, 3, 0, 2, 4)
         out[1 : 1 + rows * cols].view(rows, cols, 3, size, size).copy_(grid)
         out[1 + rows * cols :].zero_()
-        return out, geo
+        return geo
 
     def _hd_tensor(self, image: Image.Image, geo: HDGeometry) -> torch.Tensor:
         """Resized, white-padded, normalised image: [3, height, width] float32.
