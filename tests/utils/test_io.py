@@ -30,3 +30,14 @@ def test_atomic_json_keeps_non_ascii(tmp_path):
     target = atomic_write_json(tmp_path / "x.json", {"category": "围巾", "n": 3})
     assert "围巾" in target.read_text(encoding="utf-8")
     assert json.loads(target.read_text(encoding="utf-8")) == {"category": "围巾", "n": 3}
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = atomic_write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -37,6 +37,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -60,6 +61,12 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any, indent: int = 2)
     """Write ``obj`` as UTF-8 JSON (non-ASCII kept as is) atomically; return the target path."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=False, default=str)
     return atomic_write_text(target, text + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

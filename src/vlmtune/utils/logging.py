@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -21,8 +22,20 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root = logging.getLogger("vlmtune")
     root.setLevel(level)
     if not any(getattr(h, "_vlmtune", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         handler._vlmtune = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. by pytest's capture)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
