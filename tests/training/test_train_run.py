@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.train import NonFiniteLossError, train
+from vlmtune.utils.config import ConfigError
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -49,6 +50,8 @@ def test_lora_run_writes_the_run_folder(tiny_inputs, tmp_path):
     assert 0 < summary["label_token_fraction"] < 1
     assert summary["effective_batch_size"] == 4 and summary["global_step"] == 4
     assert summary["image_tokens"]["min"] > 0
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(tiny_inputs.config(run, max_steps=4))  # a fresh run never mixes with an old one
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])

@@ -168,19 +168,37 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         return self._counts
 
     def _prompt_counts(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """(prompt tokens, image tokens) per distinct image size."""
-        sizes = {
-            (int(w), int(h))
-            for w, h in zip(self.frame["image_width"], self.frame["image_height"], strict=True)
-        }
+        """(prompt tokens, image tokens) per distinct image size.
+
+        The prompt is processed once for real; when the processor can count an
+        image's tokens from its size alone (``num_image_tokens``), the other sizes
+        only swap that count, otherwise each size is processed on a blank image.
+        """
+        sizes = sorted(
+            {
+                (int(w), int(h))
+                for w, h in zip(self.frame["image_width"], self.frame["image_height"], strict=True)
+            }
+        )
+        if not sizes:
+            return {}
+        counter = getattr(self.processor, "num_image_tokens", None)
+        first = self._processed_counts(sizes[0])
+        if counter is None:
+            return {size: self._processed_counts(size) for size in sizes}
+        text_tokens = first[0] - first[1]
         out = {}
-        for width, height in sorted(sizes):
-            blank = Image.new("RGB", (max(width, 1), max(height, 1)), "white")
-            ids = self.processor(text=[self._prompt], images=[[blank]], return_tensors="pt")[
-                "input_ids"
-            ][0]
-            out[(width, height)] = (int(ids.shape[0]), int((ids < 0).sum()))
+        for width, height in sizes:
+            image_tokens = int(counter(Image.new("L", (max(width, 1), max(height, 1)))))
+            out[(width, height)] = (text_tokens + image_tokens, image_tokens)
         return out
+
+    def _processed_counts(self, size: tuple[int, int]) -> tuple[int, int]:
+        blank = Image.new("RGB", (max(size[0], 1), max(size[1], 1)), "white")
+        ids = self.processor(text=[self._prompt], images=[[blank]], return_tensors="pt")[
+            "input_ids"
+        ][0]
+        return int(ids.shape[0]), int((ids < 0).sum())
 
     def subset(self, indices: Sequence[int]) -> VisionSFTDataset:
         """A dataset over the given rows only (same processor and template)."""

@@ -5,7 +5,9 @@
   On resume it first drops the events logged after the resumed step, so the
   file reads as one uninterrupted run.
 * :class:`SignalCheckpointCallback` turns SIGTERM/SIGINT into "save a checkpoint
-  at the end of this step, then stop"; a second signal stops at once.
+  at the end of this step, then stop"; a second signal stops at once. In a
+  distributed run the flag is all-reduced each step, so every rank stops (and
+  joins the checkpoint save) at the same step even if only one was signalled.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from vlmtune.utils.io import atomic_write_text
@@ -99,11 +102,22 @@ class SignalCheckpointCallback(TrainerCallback):
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.received is not None:
+        if self._any_rank_received(args):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at_step = state.global_step
         return control
+
+    def _any_rank_received(self, args: Any) -> bool:
+        """True when this or any other process got a signal, so that all ranks stop at the same step."""
+        received = self.received is not None
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return received
+        flag = torch.tensor([1.0 if received else 0.0], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0 and self.received is None:
+            self.received = int(signal.SIGTERM)  # stopped because another rank was signalled
+        return flag.item() > 0
 
     @property
     def signal_name(self) -> str | None:

@@ -167,6 +167,11 @@ def _check_best_metric(config: TrainConfig, generation_eval: GenerationEval | No
 def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
     """Checkpoint folder to resume from: ``auto`` picks the latest in ``run_dir`` (None if there is none)."""
     if resume is None:
+        if run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None:
+            raise ConfigError(
+                f"{str(run_dir)!r} already holds checkpoints of a run: continue it with --resume auto "
+                "(train.resume=auto) or choose a new --out"
+            )
         return None
     if resume == "auto":
         last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
