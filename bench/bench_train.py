@@ -9,6 +9,8 @@ prepared dataset, in full fine-tuning mode with AdamW, in the same process:
   backward, ``optimizer.step()``;
 * **vlmtune**: ``vlmtune.training.train.train`` with ``per_device_batch_size=8``.
 
+Both exclude their first 2 steps (warm-up) from the timing.
+
 It also counts the FLOPs of one vlmtune training step (``torch.utils.flop_counter``)
 and divides the achieved training FLOP/s by this CPU's measured fp32 matmul peak.
 
@@ -38,6 +40,7 @@ from vlmtune.data.prompts import PromptTemplate, record_from_row
 from vlmtune.data.synthetic.generate import SynthArgs, generate_catalog
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.training.args import DataArgs, ModelArgs, TrainArgs, TrainConfig
+from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.init_model import InitModelArgs, init_model
 from vlmtune.training.train import train
 
@@ -124,17 +127,18 @@ def seed_style_loop(checkpoint: Path, data: Path, samples: int, lr: float = 1e-4
 def vlmtune_run(
     checkpoint: Path, data: Path, out: Path, steps: int, batch: int, workers: int
 ) -> float:
-    """Samples/s of ``train()`` (Trainer's train_runtime: the loop only, not the set-up)."""
+    """Samples/s of ``train()`` after its first 2 steps (warm-up, as for the loop), from metrics.jsonl times."""
     config = TrainConfig(
         model=ModelArgs(path=checkpoint),
         data=DataArgs(path=data, preflight_samples=8),
         train=TrainArgs(
             output_dir=out, mode="full", max_steps=steps, per_device_batch_size=batch, learning_rate=1e-4,
-            logging_steps=steps, eval_steps=None, save_steps=10 * steps, dataloader_workers=workers,
+            logging_steps=1, eval_steps=None, save_steps=10 * steps, dataloader_workers=workers,
         ),
     )  # fmt: skip
-    result = train(config)
-    return result.metrics["train_samples_per_second"]
+    train(config)
+    times = {e["step"]: e["time"] for e in read_metrics(out / "metrics.jsonl") if "loss" in e}
+    return (steps - 2) * batch / (times[steps] - times[2])
 
 
 def flops_per_step(checkpoint: Path, data: Path, batch: int) -> float:

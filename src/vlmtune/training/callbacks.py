@@ -1,7 +1,8 @@
 """Trainer callbacks of a vlmtune run: the metrics log and the stop-on-signal checkpoint.
 
 * :class:`MetricsJsonlCallback` appends every log/eval event to ``RUN/metrics.jsonl``
-  (one JSON object per line with ``step`` and ``epoch``), whatever tracker is used.
+  (one JSON object per line with ``step``, ``epoch`` and the wall-clock ``time``),
+  whatever tracker is used.
   On resume it first drops the events logged after the resumed step, so the
   file reads as one uninterrupted run.
 * :class:`SignalCheckpointCallback` turns SIGTERM/SIGINT into "save a checkpoint
@@ -16,6 +17,7 @@ import json
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,8 @@ class MetricsJsonlCallback(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        event = {
-            "step": state.global_step,
-            "epoch": state.epoch,
-            **{k: _plain(v) for k, v in logs.items()},
-        }
+        event = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
+        event |= {k: _plain(v) for k, v in logs.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(event) + "\n")

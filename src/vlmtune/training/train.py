@@ -381,6 +381,7 @@ class VlmTrainer(Trainer):
         return output
 
     def _generate(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        # Every rank generates on the same rows, so metric_for_best (and the best checkpoint) agree.
         model = self.accelerator.unwrap_model(self.model)
         was_training, use_cache = model.training, model.config.use_cache
         model.eval()
