@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -75,31 +76,48 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         max_length: int,
         limit: int | None = None,
     ) -> None:
-        frame = prepared.frame if limit is None else prepared.frame.head(limit)
-        self.frame = frame.reset_index(drop=True)
         self.root = Path(prepared.root)
         self.columns = prepared.columns
         self.processor = processor
         self.template = template
         self.max_length = max_length
         self._prompt = template.prompt(processor.tokenizer)
+        self.frame = prepared.frame if limit is None else prepared.frame.head(limit)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The rows (manifest columns); setting it re-reads ids, paths and answers."""
+        return self._frame
+
+    @frame.setter
+    def frame(self, frame: pd.DataFrame) -> None:
+        self._frame = frame.reset_index(drop=True)
+        tokenizer = self.processor.tokenizer
+        # Plain per-row values, read once: pandas row access would dominate __getitem__'s time.
+        self._rows = [
+            (
+                str(row[self.columns.id]),
+                str(row["local_image_path"]),
+                self.template.conversation(record_from_row(row, self.columns), tokenizer)[1],
+            )
+            for row in self._frame.to_dict("records")
+        ]
         self._counts: dict[str, list[int]] | None = None
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self._rows)
 
     def sample_id(self, index: int) -> str:
         """The catalog id of row ``index``."""
-        return str(self.frame.iloc[index][self.columns.id])
+        return self._rows[index][0]
 
     def image_path(self, index: int) -> Path:
         """Absolute path of row ``index``'s image."""
-        return self.root / str(self.frame.iloc[index]["local_image_path"])
+        return self.root / self._rows[index][1]
 
     def answer(self, index: int) -> str:
         """The target text of row ``index`` (answer + ``<|end|>``)."""
-        record = record_from_row(self.frame.iloc[index], self.columns)
-        return self.template.conversation(record, self.processor.tokenizer)[1]
+        return self._rows[index][2]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample_id, path = self.sample_id(index), self.image_path(index)
@@ -205,11 +223,10 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         indices = list(indices)
         clone = object.__new__(VisionSFTDataset)
         clone.__dict__.update(self.__dict__)
-        clone.frame = self.frame.iloc[indices].reset_index(drop=True)
-        if self._counts is not None:
-            clone._counts = {
-                key: [values[i] for i in indices] for key, values in self._counts.items()
-            }
+        counts = self._counts
+        clone.frame = self.frame.iloc[indices]
+        if counts is not None:
+            clone._counts = {key: [values[i] for i in indices] for key, values in counts.items()}
         return clone
 
 
