@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlmtune.training.args import LoraArgs, TrainArgs, TrainConfig
-from vlmtune.training.build import build_datasets, build_model, load_processor, parameter_counts
+from vlmtune.training.build import (
+    build_datasets,
+    build_model,
+    load_processor,
+    parameter_counts,
+    resolve_dtype,
+)
 from vlmtune.training.preflight import PreflightError, check_backends, preflight_summary
 from vlmtune.training.train import train, training_arguments
 from vlmtune.utils.config import ConfigError, load_config
@@ -68,6 +75,13 @@ def test_qlora_deepspeed_and_mlflow_fail_clearly_on_this_machine(tiny_inputs, tm
     ):
         with pytest.raises(ConfigError, match=message):
             check_backends(tiny_inputs.config(tmp_path, **train_args))
+
+
+def test_fsdp_launch_without_gpu_and_cpu_precision(tiny_inputs, tmp_path, monkeypatch):
+    assert resolve_dtype("auto") == torch.float32  # no GPU here: fp32
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="FSDP .*needs CUDA GPUs"):
+        check_backends(tiny_inputs.config(tmp_path))
 
 
 def test_preflight_fails_fast_when_nothing_would_train(tiny_inputs, tmp_path):

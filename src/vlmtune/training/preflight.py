@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import statistics
 from typing import Any
 
@@ -47,6 +48,15 @@ def check_backends(config: TrainConfig) -> None:
             raise ConfigError("train.deepspeed needs CUDA GPUs; none is available on this machine")
         if not config.train.deepspeed.is_file():
             raise ConfigError(f"train.deepspeed: {str(config.train.deepspeed)!r} does not exist")
+    for variable, name in (
+        ("ACCELERATE_USE_FSDP", "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+    ):
+        if os.environ.get(variable, "").lower() in ("1", "true") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"accelerate launched this run with {name} ({variable}), which needs CUDA GPUs; none is "
+                "available: launch without --config_file configs/fsdp.yaml (plain data parallel works on CPU)"
+            )
     if config.train.mode == "qlora" and (
         importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available()
     ):
