@@ -70,6 +70,9 @@ def command(
     except NonFiniteLossError as err:
         typer.echo(f"vlmtune train: stopped: {err}", err=True)
         raise typer.Exit(3) from err
+    except KeyboardInterrupt:  # a second signal while the checkpoint was being written
+        typer.echo("vlmtune train: interrupted twice; stopped without a final checkpoint", err=True)
+        raise typer.Exit(130) from None
     if result.interrupted_by is not None:
         typer.echo(
             f"vlmtune train: stopped by {result.interrupted_by}; checkpoint {result.last_checkpoint}. "

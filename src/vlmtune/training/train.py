@@ -18,6 +18,7 @@ parallelism (torchrun / accelerate launch) and the trackers are the Trainer's;
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -85,6 +86,7 @@ class TrainResult:
 def train(config: TrainConfig, generation_eval: GenerationEval | None = None) -> TrainResult:
     """Fine-tune per ``config``; write the run folder (see module docs) and return its summary."""
     config.require_paths()
+    config = _with_absolute_paths(config)
     check_backends(config)
     _check_best_metric(config, generation_eval)
     run_dir = Path(config.train.output_dir)
@@ -153,6 +155,17 @@ def _run(
     return TrainResult(
         run_dir, model_dir, output.metrics, summary, None, last, trainer.is_world_process_zero()
     )
+
+
+def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """A copy whose folders are absolute, so the saved config.yaml is valid from anywhere."""
+    config = copy.deepcopy(config)
+    config.model.path = Path(config.model.path).resolve()
+    config.data.path = Path(config.data.path).resolve()
+    config.train.output_dir = Path(config.train.output_dir).resolve()
+    if config.train.deepspeed is not None:
+        config.train.deepspeed = Path(config.train.deepspeed).resolve()
+    return config
 
 
 def _check_best_metric(config: TrainConfig, generation_eval: GenerationEval | None) -> None:
