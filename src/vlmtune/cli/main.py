@@ -18,7 +18,7 @@ from vlmtune import __version__
 from vlmtune.utils.config import ConfigError
 from vlmtune.utils.logging import configure_logging
 
-__all__ = ["app", "main"]
+__all__ = ["VERBS", "build_app", "main"]
 
 # (verb, module under vlmtune.cli). Order is the order of `vlmtune --help`.
 VERBS: list[tuple[str, str]] = [
@@ -33,14 +33,27 @@ VERBS: list[tuple[str, str]] = [
     ("demo", "demo"),
 ]
 
-app = typer.Typer(
-    name="vlmtune",
-    help="Fine-tune Phi-3-Vision on product catalogs: from a catalog to a model that writes the listing.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app with every verb, or with ``only`` that verb.
+
+    Each verb module imports its library layer (torch and transformers for most),
+    so running one verb registers only that one: ``vlmtune prepare`` does not pay
+    for importing the trainer. ``--help`` at the top level registers them all.
+    """
+    app = typer.Typer(
+        name="vlmtune",
+        help="Fine-tune Phi-3-Vision on product catalogs: from a catalog to a model that writes the listing.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for verb, module_name in VERBS:
+        if only is None or verb == only:
+            module = importlib.import_module(f"vlmtune.cli.{module_name}")
+            app.command(verb, help=module.command.__doc__)(module.command)
+    return app
 
 
 def _version_callback(value: bool) -> None:
@@ -49,7 +62,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -57,19 +69,22 @@ def _root(
     configure_logging("DEBUG" if verbose else "INFO")
 
 
-def _register() -> None:
-    for verb, module_name in VERBS:
-        module = importlib.import_module(f"vlmtune.cli.{module_name}")
-        app.command(verb, help=module.command.__doc__)(module.command)
-
-
-_register()
+def _requested_verb(argv: list[str]) -> str | None:
+    """The verb named on the command line (first argument that is not an option), if it is one."""
+    verbs = {verb for verb, _ in VERBS}
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in verbs else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
         # with standalone_mode=False click returns a command's typer.Exit code instead of raising it
+        argv = list(sys.argv[1:] if argv is None else argv)
+        verb = _requested_verb(argv)
+        app = build_app(only="" if verb is None and "--version" in argv else verb)
         result = app(args=argv, standalone_mode=False)
     except ConfigError as err:
         typer.echo(f"vlmtune: configuration error: {err}", err=True)
