@@ -54,7 +54,13 @@ def test_lora_targets_are_chosen_per_component(tiny_inputs):
     assert any("img_processor" in n and ".q_proj." in n for n in adapted)
     assert any("img_projection" in n for n in adapted)
     assert any(".qkv_proj." in n for n in adapted) and any(".gate_up_proj." in n for n in adapted)
-    assert parameter_counts(model)["lora"] > lm["lora"]
+    counts = parameter_counts(model)
+    assert counts["lora"] > lm["lora"] and counts["lora_language_model"] == lm["lora"]
+    assert counts["lora_vision_tower"] > 0 and counts["lora_projector"] > 0
+    assert (
+        counts["lora"]
+        == counts["lora_vision_tower"] + counts["lora_projector"] + counts["lora_language_model"]
+    )
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
 
 

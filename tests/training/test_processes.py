@@ -86,7 +86,8 @@ def test_two_process_data_parallel_matches_one_process(tiny_inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_then_resume_continues(tiny_inputs, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_then_resume_continues(tiny_inputs, tmp_path, signum):
     run = tmp_path / "run"
     args = _cli(
         tiny_inputs,
@@ -106,19 +107,19 @@ def test_sigterm_saves_a_checkpoint_then_resume_continues(tiny_inputs, tmp_path)
         ):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "stopped by SIGTERM" in stderr and "--resume auto" in stderr
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signum.name}" in stderr and "--resume auto" in stderr
     checkpoints = list(run.glob("checkpoint-*"))
     assert len(checkpoints) == 1, "the signal, not save_steps, wrote the checkpoint"
     step = int(checkpoints[0].name.split("-")[1])
     assert step >= 3 and max(_losses(run)) == step
     assert not (run / "model").exists()
-    assert json.loads((run / "train_summary.json").read_text())["interrupted_by"] == "SIGTERM"
+    assert json.loads((run / "train_summary.json").read_text())["interrupted_by"] == signum.name
     resumed = train(
         tiny_inputs.config(run, max_steps=step + 2, per_device_batch_size=2, resume="auto")
     )

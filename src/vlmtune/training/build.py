@@ -199,7 +199,8 @@ def quantize_language_model_4bit(model: nn.Module, compute_dtype: torch.dtype) -
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters per component (vision_tower, projector, language_model, lora) and totals."""
+    """Trainable parameters per component (vision_tower, projector, language_model), of the LoRA
+    adapters (``lora``, and ``lora_<component>`` by where they sit), ``trainable`` and ``total``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     counts: Counter[str] = Counter()
     total = 0
@@ -207,12 +208,13 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         total += param.numel()
         if not param.requires_grad:
             continue
-        if "lora_" in name:
-            counts["lora"] += param.numel()
-        else:
-            counts[base.component_of(_base_name(name))] += param.numel()
-    out = {key: int(counts.get(key, 0)) for key in (*COMPONENTS, "lora")}
+        component = base.component_of(_base_name(name))
+        key = f"lora_{component}" if "lora_" in name else component
+        counts[key] += param.numel()
+    out = {key: int(counts.get(key, 0)) for key in COMPONENTS}
+    out["lora"] = sum(int(counts.get(f"lora_{c}", 0)) for c in COMPONENTS)
     out["trainable"] = sum(out.values())
+    out |= {f"lora_{c}": int(counts.get(f"lora_{c}", 0)) for c in COMPONENTS}
     out["total"] = int(total)
     return out
 

@@ -134,9 +134,10 @@ def _log_summary(summary: dict[str, Any]) -> None:
     p = summary["parameters"]
     log.info(
         "preflight: mode %s, %s; trainable %s of %s parameters (vision_tower %s, projector %s, "
-        "language_model %s, lora %s)",
+        "language_model %s, lora %s = vision_tower %s + projector %s + language_model %s)",
         summary["mode"], summary["precision"], f"{p['trainable']:,}", f"{p['total']:,}",
         f"{p['vision_tower']:,}", f"{p['projector']:,}", f"{p['language_model']:,}", f"{p['lora']:,}",
+        f"{p['lora_vision_tower']:,}", f"{p['lora_projector']:,}", f"{p['lora_language_model']:,}",
     )  # fmt: skip
     log.info(
         "preflight: %d training rows (%d eval), left out %s; sequence length %s; image tokens %s; "
