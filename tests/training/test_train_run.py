@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlmtune.training.callbacks import read_metrics
-from vlmtune.training.train import NonFiniteLossError, train
+from vlmtune.training.train import NonFiniteLossError, resolve_resume, train
 from vlmtune.utils.config import ConfigError
 
 
@@ -91,3 +91,18 @@ def test_nonfinite_loss_stops_with_step_and_batch_ids(tiny_inputs, tmp_path):
     config.model.path = broken
     with pytest.raises(NonFiniteLossError, match=r"at step 1 .*batch sample ids: \S+"):
         train(config)
+
+
+def test_resume_setting_is_resolved(tmp_path):
+    run = tmp_path / "run"
+    assert resolve_resume("auto", run) is None  # nothing to resume: a fresh start
+    (run / "checkpoint-3").mkdir(parents=True)
+    (run / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (run / "checkpoint-12").mkdir()
+    (run / "checkpoint-12" / "trainer_state.json").write_text("{}")
+    assert resolve_resume("auto", run) == str(run / "checkpoint-12")
+    assert resolve_resume(str(run / "checkpoint-3"), run) == str(run / "checkpoint-3")
+    with pytest.raises(ConfigError, match="not a checkpoint folder"):
+        resolve_resume(str(tmp_path), run)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        resolve_resume(None, run)

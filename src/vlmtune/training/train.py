@@ -53,7 +53,15 @@ from vlmtune.utils.io import atomic_write_json
 from vlmtune.utils.logging import get_logger
 from vlmtune.utils.seeding import seed_everything
 
-__all__ = ["GenerationEval", "NonFiniteLossError", "TrainResult", "VlmTrainer", "train"]
+__all__ = [
+    "GenerationEval",
+    "NonFiniteLossError",
+    "TrainResult",
+    "VlmTrainer",
+    "resolve_resume",
+    "train",
+    "training_arguments",
+]
 
 log = get_logger(__name__)
 
