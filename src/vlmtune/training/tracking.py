@@ -25,6 +25,7 @@ from vlmtune.utils.logging import get_logger
 
 __all__ = [
     "check_tracker_available",
+    "finish_tracking",
     "log_eval_table",
     "log_model_artifact",
     "tracking_environment",
