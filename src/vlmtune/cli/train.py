@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,7 +15,7 @@ from vlmtune.data.prepared import PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.evaluate import make_generation_eval
 from vlmtune.training.args import TrainConfig
-from vlmtune.training.train import GenerationEval, NonFiniteLossError, train
+from vlmtune.training.train import GenerationEval, NonFiniteLossError, TrainResult, train
 
 __all__ = ["command", "generation_eval_for"]
 
@@ -99,7 +100,7 @@ def generation_eval_for(cfg: TrainConfig) -> GenerationEval:
     return make_generation_eval(dataset, PromptTemplate(cfg.data.prompt), limit=cfg.data.eval_limit)
 
 
-def _headline(result) -> dict:  # noqa: ANN001
+def _headline(result: TrainResult) -> dict[str, Any]:
     keys = (
         "global_step",
         "final_train_loss",

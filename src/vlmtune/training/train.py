@@ -315,7 +315,13 @@ class VlmTrainer(Trainer):
 
     # ---- batches
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         meta = self._pop_meta(inputs, training=True)
         if inputs["input_ids"].numel() == 0:  # every sample of the batch was skipped
             zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
@@ -329,7 +335,13 @@ class VlmTrainer(Trainer):
             )
         return result
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # noqa: ANN001
+    def prediction_step(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: Any = None,
+    ) -> Any:
         self._pop_meta(inputs, training=False)
         if inputs["input_ids"].numel() == 0:
             return None, None, None
@@ -367,14 +379,14 @@ class VlmTrainer(Trainer):
             counts[sample.reason] = counts.get(sample.reason, 0) + 1
         return counts
 
-    def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length":
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
             return LengthGroupedSampler(batch, lengths=dataset.lengths())
         return super()._get_train_sampler(train_dataset)
 
-    def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
         if self.args.train_sampling_strategy == "group_by_length":
             return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths())
         return super()._get_eval_sampler(eval_dataset)
@@ -383,12 +395,12 @@ class VlmTrainer(Trainer):
 
     def evaluation_loop(
         self,
-        dataloader,
-        description,
-        prediction_loss_only=None,
-        ignore_keys=None,
-        metric_key_prefix="eval",
-    ):  # noqa: ANN001, E501
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: Any = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
         output = super().evaluation_loop(
             dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
         )
@@ -423,7 +435,7 @@ class VlmTrainer(Trainer):
             missing_ok=True
         )  # the resolved config.yaml is the record; no pickles in a run
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:  # noqa: ANN001
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if _is_adapter_model(target) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
