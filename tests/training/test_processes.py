@@ -86,7 +86,7 @@ def test_two_process_data_parallel_matches_one_process(tiny_inputs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_saves_a_checkpoint_then_resume_continues(tiny_inputs, tmp_path, signum):
     run = tmp_path / "run"
     args = _cli(
