@@ -27,7 +27,9 @@ from vlmtune.data.synthetic import (
     write_contact_sheet,
 )
 from vlmtune.data.synthetic.vocab import (
+    COLOURS,
     EUR_PER_USD,
+    MATERIAL_COLOURS,
     PRICE_POINTS,
     PRODUCT_TYPES,
     all_titles,
@@ -101,6 +103,8 @@ def test_title_and_price_are_functions_of_the_visible_attributes() -> None:
         assert p.material in ptype.materials and p.pattern in ptype.patterns
         assert p.title == title_for(ptype, p.material, p.pattern)
         assert p.full_price == list_price(ptype, p.material, p.pattern)
+        assert p.colour in MATERIAL_COLOURS[p.material]
+    assert len({sample_product(5, i).colour for i in range(200)}) == len(COLOURS), "colours vary"
     scarf = next(t for t in PRODUCT_TYPES if t.key == "scarf")
     assert title_for(scarf, "cashmere", "check") == "Check Cashmere Scarf"
     assert title_for(scarf, "wool", "plain") == "Wool Scarf"

@@ -28,6 +28,7 @@ from vlmtune.data.synthetic.render import RenderParams, render_jpeg
 from vlmtune.data.synthetic.vocab import (
     COLOURS,
     EUR_PER_USD,
+    MATERIAL_COLOURS,
     MATERIALS,
     PATTERN_FACTOR,
     PATTERNS,
@@ -139,7 +140,8 @@ def sample_product(seed: int, index: int, price_noise: float = 0.0) -> Synthetic
     ptype = PRODUCT_TYPES[int(rng.integers(len(PRODUCT_TYPES)))]
     material = ptype.materials[int(rng.integers(len(ptype.materials)))]
     pattern = ptype.patterns[int(rng.integers(len(ptype.patterns)))]
-    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    palette = MATERIAL_COLOURS[material]
+    colour = palette[int(rng.integers(len(palette)))]
     category1 = ptype.audiences[int(rng.integers(len(ptype.audiences)))]
     noise = math.exp(price_noise * float(rng.standard_normal()))
     full_price = float(list_price(ptype, material, pattern, noise))
@@ -308,6 +310,7 @@ def _vocab() -> dict[str, Any]:
             k: {"title_word": PATTERNS[k], "price_factor": f} for k, f in PATTERN_FACTOR.items()
         },
         "colours": {k: list(v) for k, v in COLOURS.items()},
+        "material_colours": {k: list(v) for k, v in MATERIAL_COLOURS.items()},
         "titles": all_titles(),
         "eur_per_usd": EUR_PER_USD,
         "price_function": "price_point(base_price[type] * material_factor * pattern_factor * exp(price_noise * z))",

@@ -12,7 +12,8 @@ where ``price_point`` rounds to the nearest retail price point (below 1,000:
 endings, e.g. 1,090, 1,190, ...). Optional multiplicative noise (``exp(noise * z)``,
 ``z ~ N(0, 1)``) is applied before rounding, so the irreducible error is known.
 Each type allows only the materials and patterns that make sense for it, which
-keeps the number of distinct titles near 80.
+keeps the number of distinct titles near 80; each material comes in four of the
+ten colours (overlapping colourways, as in real catalogs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "COLOURS",
     "EUR_PER_USD",
+    "MATERIAL_COLOURS",
     "MATERIALS",
     "PATTERNS",
     "PATTERN_FACTOR",
@@ -111,6 +113,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "sky": (104, 146, 190),
 }
 """Body colours; drawn visibly but never named in the title."""
+
+MATERIAL_COLOURS: dict[str, tuple[str, ...]] = {
+    "cotton": ("camel", "sky", "navy", "olive"),
+    "nylon": ("black", "forest", "red", "olive"),
+    "leather": ("tan", "burgundy", "black", "camel"),
+    "wool": ("charcoal", "navy", "forest", "burgundy"),
+    "cashmere": ("camel", "charcoal", "sky", "burgundy"),
+    "silk": ("red", "sky", "tan", "forest"),
+    "acetate": ("black", "tan", "burgundy", "charcoal"),
+    "metal": ("camel", "charcoal", "tan", "sky"),
+}
+"""The colourways each material comes in (as in real catalogs); they overlap, so colour never decides."""
 
 PRICE_POINTS: tuple[int, ...] = tuple(
     sorted(
