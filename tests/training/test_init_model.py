@@ -16,14 +16,23 @@ from vlmtune.training.init_model import PHI3_SPECIAL_TOKENS, InitModelArgs, init
 def test_checkpoint_has_the_official_layout(tiny_inputs):
     folder = tiny_inputs.checkpoint
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    } <= names
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "phi3_v"
     assert config["rope_scaling"]["type"] in {"su", "longrope"}
     assert config["img_processor"]["vision_config"]["image_size"] == 56
     with safe_open(folder / "model.safetensors", "pt") as handle:
         keys = set(handle.keys())
-    assert "model.vision_embed_tokens.img_processor.vision_model.embeddings.patch_embedding.weight" in keys
+    assert (
+        "model.vision_embed_tokens.img_processor.vision_model.embeddings.patch_embedding.weight"
+        in keys
+    )
     assert "model.vision_embed_tokens.glb_GN" in keys and "lm_head.weight" in keys
     assert not any(k.startswith("model.vision_embed_tokens.wte") for k in keys)
 
@@ -55,9 +64,19 @@ def test_model_loads_back_and_generation_config_stops_at_end(tiny_inputs):
 def test_same_seed_same_weights_other_seed_differs(tiny_inputs, tmp_path):
     def build(seed, name):
         return init_model(
-            InitModelArgs(data=tiny_inputs.data, out=tmp_path / name, seed=seed, vocab_size=400, hidden_size=32,
-                          num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vision_hidden_size=32,
-                          vision_intermediate_size=64, crop_size=56)
+            InitModelArgs(
+                data=tiny_inputs.data,
+                out=tmp_path / name,
+                seed=seed,
+                vocab_size=400,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                intermediate_size=64,
+                vision_hidden_size=32,
+                vision_intermediate_size=64,
+                crop_size=56,
+            )
         )
 
     a, b, c = build(0, "a"), build(0, "b"), build(1, "c")
@@ -70,8 +89,11 @@ def test_same_seed_same_weights_other_seed_differs(tiny_inputs, tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [({"hidden_size": 30, "num_attention_heads": 4}, "not divisible"), ({"crop_size": 42}, "even whole number"),
-     ({"vocab_size": 100}, "below the 256 byte symbols")],
+    [
+        ({"hidden_size": 30, "num_attention_heads": 4}, "not divisible"),
+        ({"crop_size": 42}, "even whole number"),
+        ({"vocab_size": 100}, "below the 256 byte symbols"),
+    ],
 )
 def test_bad_sizes_are_refused(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
