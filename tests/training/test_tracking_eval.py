@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -80,6 +82,13 @@ def test_wandb_goes_offline_without_an_api_key_and_logs_the_table(
     assert len(offline) == 1
     tables = list(offline[0].glob("files/media/table/eval/predictions*.table.json"))
     assert tables, "the eval predictions table is logged"
+    table = json.loads(tables[0].read_text())
+    columns = table["columns"]
+    assert len(columns) == len(set(columns)), f"duplicate columns: {columns}"
+    assert {"image", "image_path", "generated"} <= set(columns)
+    # The photos travel with the run (staged as table media), named by their file.
+    photo = Path(table["data"][0][columns.index("image_path")])
+    assert photo.name.encode() in next(offline[0].glob("run-*.wandb")).read_bytes()
     assert "WANDB_MODE" not in os.environ, "the tracker environment is restored after the run"
 
 

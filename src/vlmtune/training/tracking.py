@@ -113,12 +113,15 @@ def log_eval_table(rows: Sequence[dict[str, Any]], step: int) -> None:
     wandb = _active_wandb()
     if wandb is None or not rows:
         return
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    table = wandb.Table(columns=["image", *keys])
+    # An evaluation row names its photo under "image" (a path); the table shows the
+    # picture in "image" and keeps the path beside it, so no column appears twice.
+    path_keys = ("image", "image_path")
+    keys = [k for k in dict.fromkeys(key for row in rows for key in row) if k not in path_keys]
+    table = wandb.Table(columns=["image", "image_path", *keys])
     for row in rows:
         path = row.get("image_path") or row.get("image")
         image = wandb.Image(str(path)) if path and Path(str(path)).is_file() else None
-        table.add_data(image, *[_cell(row.get(key)) for key in keys])
+        table.add_data(image, _cell(path), *[_cell(row.get(key)) for key in keys])
     wandb.log({"eval/predictions": table, "train/global_step": step})
 
 
