@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from vlmtune.data.prompts import PromptTemplate
@@ -98,3 +99,29 @@ def test_same_seed_same_weights_other_seed_differs(tiny_inputs, tmp_path):
 def test_bad_sizes_are_refused(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         InitModelArgs(data=tmp_path, out=tmp_path / "m", **override)
+
+
+def test_patch_size_reaches_the_processor_and_the_model_agrees(tiny_inputs, tmp_path):
+    folder = init_model(
+        InitModelArgs(
+            data=tiny_inputs.data,
+            out=tmp_path / "p7",
+            vocab_size=400,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vision_hidden_size=32,
+            vision_intermediate_size=64,
+            crop_size=56,
+            patch_size=7,  # 8x8 patches -> 4x4 = 16 tokens per crop (patch 14 would give 4)
+        )
+    )
+    processor = Phi3VProcessor.from_pretrained(folder)
+    assert processor.image_processor.tokens_per_crop == 16
+    model = Phi3VForCausalLM.from_pretrained(folder).eval()
+    image = next((tiny_inputs.data / "images").iterdir())
+    batch = processor(text="<|user|>\n<|image_1|>\nlist<|end|>", images=[Image.open(image)])
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "num_img_tokens"}).logits
+    assert logits.shape[:2] == batch["input_ids"].shape

@@ -155,7 +155,9 @@ def init_model(args: InitModelArgs) -> Path:
     model = build_tiny_phi3v(config, seed=args.seed)
     model.generation_config.eos_token_id = [ids["<|end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    image_processor = Phi3VImageProcessor(num_crops=args.num_crops, crop_size=args.crop_size)
+    image_processor = Phi3VImageProcessor(
+        num_crops=args.num_crops, crop_size=args.crop_size, patch_size=args.patch_size
+    )
     processor = Phi3VProcessor(image_processor=image_processor, tokenizer=tokenizer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
