@@ -154,8 +154,8 @@ def sample_product(seed: int, index: int, price_noise: float = 0.0) -> Synthetic
     grey, beige = rng.uniform(222, 250), rng.uniform(0, 1)
     render = RenderParams(
         type_key=ptype.key, material=material, pattern=pattern, colour=colour,
-        scale=float(rng.uniform(0.6, 0.9)), pos_x=float(rng.random()), pos_y=float(rng.random()),
-        angle=float(rng.uniform(-8, 8)),
+        scale=float(rng.uniform(0.75, 0.9)), pos_x=float(rng.uniform(0.35, 0.65)),
+        pos_y=float(rng.uniform(0.35, 0.65)), angle=float(rng.uniform(-4, 4)),
         background=(round(min(255.0, grey + 4 * beige)), round(grey), round(grey - 10 * beige)),
         light_angle=float(rng.uniform(0, 2 * math.pi)), light_strength=float(rng.uniform(0.02, 0.07)),
         quality=int(rng.integers(80, 96)), noise_seed=int(rng.integers(2**31)),

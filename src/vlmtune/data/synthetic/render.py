@@ -10,9 +10,12 @@ The visual code is chosen for a model that sees the photo at about 112 pixels:
 - pattern = a colour map with a large period (about 12-20 % of the object's
   size): check (crossing bands plus a thin accent line), stripe (horizontal bands),
   monogram (a staggered grid of bold ring marks), plain;
-- photography = object at 60-90 % of the frame, anywhere inside it, rotated by at
-  most 8 degrees, soft shadow, light near-white/grey/beige background, a lighting
-  gradient, JPEG quality 80-95.
+- photography = object at 75-90 % of the frame, near the centre (offset by at most
+  15 % of the free room), rotated by at most 4 degrees, soft shadow, light
+  near-white/grey/beige background, a lighting gradient, JPEG quality 80-95.
+  Catalog photos are framed like this, and it matters for a model trained from
+  scratch: with objects placed anywhere at 60-90 % (and 8 degrees) the demo model
+  reached about 0.4 category accuracy after 600 steps, centred about 0.97.
 
 All randomness comes in through :class:`RenderParams`, so a product renders to the
 same bytes every time (on the same numpy / Pillow versions).
@@ -55,12 +58,12 @@ class RenderParams:
     pattern: str
     colour: str
     scale: float = 0.75
-    """Object size: its limiting side as a fraction of the frame (0.6-0.9)."""
+    """Object size: its limiting side as a fraction of the frame (0.75-0.9 in the catalog)."""
     pos_x: float = 0.5
     """Where the object sits in the free horizontal room (0 = left, 1 = right)."""
     pos_y: float = 0.5
     angle: float = 0.0
-    """Rotation in degrees (|angle| <= 8)."""
+    """Rotation in degrees (|angle| <= 4 in the catalog)."""
     background: tuple[int, int, int] = (240, 240, 238)
     light_angle: float = 0.0
     """Direction of the lighting gradient, radians."""
