@@ -18,10 +18,16 @@ def checkpoint(tmp_path_factory):
     from vlmtune.training.init_model import train_tokenizer
 
     folder = tmp_path_factory.mktemp("ckpt")
-    tok = train_tokenizer(["Product: Tote, Category: BAGS, Full Price: 450<|end|>"] * 20, vocab_size=300)
-    model = build_tiny_phi3v(tiny_phi3v_config(vocab_size=320, pad_token_id=3, eos_token_id=3), seed=0)
+    tok = train_tokenizer(
+        ["Product: Tote, Category: BAGS, Full Price: 450<|end|>"] * 20, vocab_size=300
+    )
+    model = build_tiny_phi3v(
+        tiny_phi3v_config(vocab_size=320, pad_token_id=3, eos_token_id=3), seed=0
+    )
     model.save_pretrained(folder)
-    Phi3VProcessor(image_processor=Phi3VImageProcessor(num_crops=1, crop_size=56), tokenizer=tok).save_pretrained(folder)
+    Phi3VProcessor(
+        image_processor=Phi3VImageProcessor(num_crops=1, crop_size=56), tokenizer=tok
+    ).save_pretrained(folder)
     return folder
 
 
@@ -39,14 +45,20 @@ def test_checkpoint_and_run_folder(checkpoint, tmp_path):
     for f in checkpoint.iterdir():
         (run / "model" / f.name).write_bytes(f.read_bytes())
     location = resolve_model_dir(run)
-    assert location.run_dir == run and location.model_dir == run / "model" and location.base_dir is None
+    assert (
+        location.run_dir == run
+        and location.model_dir == run / "model"
+        and location.base_dir is None
+    )
     again, _ = load_model_and_processor(run)
     torch.testing.assert_close(_logits(model), _logits(again), rtol=0, atol=0)
 
 
 def test_adapter_is_merged_into_its_base(checkpoint, tmp_path):
     base = Phi3VForCausalLM.from_pretrained(checkpoint)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj"]))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj"])
+    )
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a non-zero adapter, so merging changes the logits
@@ -67,6 +79,8 @@ def test_adapter_is_merged_into_its_base(checkpoint, tmp_path):
 def test_unknown_folder_and_missing_base_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a Phi-3-V checkpoint"):
         resolve_model_dir(tmp_path)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere"}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "/nowhere"})
+    )
     with pytest.raises(FileNotFoundError, match="names base model '/nowhere'"):
         resolve_model_dir(tmp_path)

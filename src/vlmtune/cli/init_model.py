@@ -13,10 +13,14 @@ __all__ = ["command"]
 
 
 def command(
-    data: Path = typer.Option(..., "--data", help="Prepared dataset folder or catalog file (trains the tokenizer)."),
+    data: Path = typer.Option(
+        ..., "--data", help="Prepared dataset folder or catalog file (trains the tokenizer)."
+    ),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     tiny: bool = typer.Option(
-        True, "--tiny/--no-tiny", help="Small sizes that learn on a laptop CPU (the only kind built here)."
+        True,
+        "--tiny/--no-tiny",
+        help="Small sizes that learn on a laptop CPU (the only kind built here).",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the random weights."),
     config: Path | None = CONFIG_OPTION,
@@ -35,6 +39,8 @@ def command(
             "`vlmtune train --model /path/to/Phi-3-vision-128k-instruct`",
             param_hint="--tiny",
         )
-    args = build_config(InitModelArgs, config, overrides, flags={"data": data, "out": out, "seed": seed})
+    args = build_config(
+        InitModelArgs, config, overrides, flags={"data": data, "out": out, "seed": seed}
+    )
     path = init_model(args)
     typer.echo(f"wrote {path}")

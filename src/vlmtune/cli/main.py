@@ -33,6 +33,7 @@ VERBS: list[tuple[str, str]] = [
     ("demo", "demo"),
 ]
 
+
 def build_app(only: str | None = None) -> typer.Typer:
     """The typer app with every verb, or with ``only`` that verb.
 
