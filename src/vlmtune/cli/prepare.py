@@ -39,7 +39,7 @@ def command(
         None, "--concurrency", help="Worker threads (default 16)."
     ),
     per_host: int | None = typer.Option(
-        None, "--per-host", help="Requests in flight per host (default 8)."
+        None, "--per-host", help="Requests in flight per host (default 16)."
     ),
     timeout: float | None = typer.Option(
         None, "--timeout", help="Connect and read timeout in seconds (default 10)."

@@ -75,7 +75,7 @@ class DownloadPolicy:
     """Largest body accepted; larger bodies are abandoned mid-stream."""
     max_redirects: int = 5
     """Redirects followed before giving up."""
-    per_host: int = 8
+    per_host: int = 16
     """Requests in flight to one host (``host:port``) at a time."""
     user_agent: str = "vlmtune-prepare/0.1 (+https://github.com/)"
     """User-Agent header sent with every request."""

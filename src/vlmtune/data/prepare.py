@@ -97,8 +97,8 @@ class PrepareArgs:
     """Which catalog columns hold the id, title, category, price and image reference."""
     concurrency: int = 16
     """Worker threads: downloads, copies and image checks in flight at once."""
-    per_host: int = 8
-    """Requests in flight to one host at a time."""
+    per_host: int = 16
+    """Requests in flight to one host at a time (a catalog's images usually sit on one CDN host)."""
     timeout: float = 10.0
     """Connect timeout and read timeout, in seconds, each."""
     retries: int = 3
