@@ -29,6 +29,7 @@ test: install-dev browser
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 
 bench: install-dev
