@@ -80,6 +80,15 @@ def test_tiny_crop_size_layout():
     assert out["num_img_tokens"].tolist() == [(4 + 1) * 4 + 1 + 3 * 2, (4 + 1) * 4 + 1 + 2 * 2]
 
 
+@pytest.mark.parametrize(("width", "height"), [(224, 280), (300, 200), (112, 112), (90, 400)])
+def test_single_crop_global_view_is_the_bicubic_of_the_crop(width, height):
+    # one crop: the global view is bicubic(hd, S x S) of an S x S image; the processor copies it
+    processor = Phi3VImageProcessor(num_crops=1, crop_size=112)
+    out = processor(random_image(height, width, seed=width))["pixel_values"][0]
+    expected = torch.nn.functional.interpolate(out[1][None], size=(112, 112), mode="bicubic")[0]
+    assert torch.equal(out[0], expected)
+
+
 def test_non_rgb_is_converted():
     processor = Phi3VImageProcessor(num_crops=1, crop_size=56)
     gray = random_image(60, 60).convert("L")

@@ -195,7 +195,10 @@ class Phi3VImageProcessor(BaseImageProcessor):
         hd = self._hd_tensor(image, geo)
         size = self.crop_size
         rows, cols = geo.height // size, geo.width // size
-        out[0] = F.interpolate(hd[None], size=(size, size), mode="bicubic")[0]
+        if rows == cols == 1:  # bicubic resampling to the same size is the identity, bit for bit
+            out[0].copy_(hd)
+        else:
+            out[0] = F.interpolate(hd[None], size=(size, size), mode="bicubic")[0]
         grid = hd.view(3, rows, size, cols, size).permute(1, 3, 0, 2, 4)
         out[1 : 1 + rows * cols].view(rows, cols, 3, size, size).copy_(grid)
         out[1 + rows * cols :].zero_()
