@@ -91,6 +91,13 @@ def test_wandb_goes_offline_without_an_api_key_and_logs_the_table(
     assert photo.name.encode() in next(offline[0].glob("run-*.wandb")).read_bytes()
     assert "WANDB_MODE" not in os.environ, "the tracker environment is restored after the run"
 
+    # W&B reads its environment once per session: a second run in this process must still
+    # write into its own folder, not into the first run's.
+    second = tmp_path / "second"
+    train(tiny_inputs.config(second, max_steps=1, report_to="wandb", run_name="t2"))
+    assert len(list((second / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+
 
 def test_tensorboard_writes_event_files(tiny_inputs, tmp_path):
     run = tmp_path / "run"

@@ -137,10 +137,19 @@ def log_model_artifact(model_dir: Path, name: str, metadata: Mapping[str, Any]) 
 
 
 def finish_tracking(report_to: str) -> None:
-    """Close the W&B run this run opened (transformers' callback leaves it open)."""
-    wandb = _active_wandb() if report_to == "wandb" else None
-    if wandb is not None:
+    """Close the W&B run this run opened (transformers' callback leaves it open).
+
+    W&B reads its environment (``WANDB_DIR``, ``WANDB_MODE``...) once per process, when
+    its session starts; the session is torn down here so that the next run in the same
+    process (a second ``train()`` call, a test suite) writes into its own run folder.
+    """
+    if report_to != "wandb" or importlib.util.find_spec("wandb") is None:
+        return
+    import wandb
+
+    if wandb.run is not None:
         wandb.finish()
+    wandb.teardown()
 
 
 def _active_wandb() -> Any:
