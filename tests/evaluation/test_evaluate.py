@@ -120,13 +120,26 @@ def test_generation_eval_for_training_restores_train_mode_of_a_peft_model(eval_i
     assert all(p.grad is None for p in lora.parameters())
 
 
-def test_unreadable_dataset_image_is_named(eval_inputs: EvalInputs, tmp_path: Path):
+def test_an_unreadable_dataset_image_is_skipped_named_and_the_rest_scored(
+    eval_inputs: EvalInputs, tmp_path: Path
+):
     data = tmp_path / "data"
     shutil.copytree(eval_inputs.data, data)
-    (data / "images" / "T1.jpg").write_bytes(b"not a jpeg")
+    split = load_prepared(data, "test")
+    bad = split.image_paths()[0]
+    bad.write_bytes(b"not a jpeg")
     model, processor = _listing(eval_inputs)
-    with pytest.raises(EvalError, match="T1.jpg"):
-        evaluate_model(model, processor, load_prepared(data, "test"), PromptTemplate(), GEN)
+    result = evaluate_model(model, processor, split, PromptTemplate(), GEN)
+    assert [s["image"] for s in result.skipped] == [str(bad)]
+    assert bad.name in result.skipped[0]["reason"]
+    assert result.metrics["skipped_images"] == 1.0
+    assert result.metrics["n"] == len(split) - 1 == len(result.predictions)
+    assert str(bad) not in {row["image"] for row in result.predictions}
+
+    for path in split.image_paths():
+        path.write_bytes(b"not a jpeg")
+    with pytest.raises(EvalError, match="none of the"):
+        evaluate_model(model, processor, split, PromptTemplate(), GEN)
 
 
 @pytest.mark.parametrize(

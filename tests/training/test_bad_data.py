@@ -8,6 +8,10 @@ import pytest
 
 from vlmtune.data.dataset import BadImagesError
 from vlmtune.data.prepared import load_prepared
+from vlmtune.data.prompts import PromptTemplate
+from vlmtune.evaluation.args import GenerationArgs
+from vlmtune.evaluation.evaluate import make_generation_eval
+from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.train import LengthGroupedSampler, _setup, train
 
 
@@ -57,3 +61,20 @@ def test_group_by_length_uses_the_datasets_exact_lengths(tiny_inputs, tmp_path):
     assert isinstance(sampler, LengthGroupedSampler)
     assert sampler.lengths == trainer.train_dataset.lengths() and len(set(sampler.lengths)) > 1
     assert isinstance(trainer._get_eval_sampler(trainer.eval_dataset), LengthGroupedSampler)
+
+
+def test_an_unreadable_validation_image_does_not_stop_training(tiny_inputs, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_inputs.data, data)
+    val = load_prepared(data, "val")
+    victim = val.image_paths()[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    config = tiny_inputs.config(tmp_path / "run", max_steps=2, eval_steps=2, save_steps=2)
+    config.data.path = data
+    generation = make_generation_eval(
+        val, PromptTemplate(), GenerationArgs(max_new_tokens=4, batch_size=4), limit=4
+    )
+    result = train(config, generation)
+    assert result.model_dir is not None and (tmp_path / "run" / "checkpoint-2").is_dir()
+    [evaluation] = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval_n" in e]
+    assert evaluation["eval_skipped_images"] == 1 and evaluation["eval_n"] == 3

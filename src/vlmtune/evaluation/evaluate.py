@@ -6,8 +6,14 @@
 judges a model wherever it is evaluated. :func:`run_eval` writes into the
 output folder ``predictions.jsonl`` (one row per image: id, image path,
 reference fields and listing, generated text, parsed fields, per-field
-correctness), ``metrics.json`` (``model``, ``baselines`` and, with a base
-model, ``base_model``) and ``report.html``.
+correctness), ``metrics.json`` (``model``, ``baselines``, ``skipped`` and,
+with a base model, ``base_model``) and ``report.html``.
+
+A dataset image that can no longer be read (deleted or corrupted since
+``prepare`` checked it) is skipped, named with its reason in ``skipped`` and
+counted in the ``skipped_images`` metric; the other rows are still scored, so
+one bad file neither stops ``vlmtune eval`` nor the evaluation inside a training
+run. Only a split with no usable image at all is an error.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,6 +71,8 @@ class EvalResult:
     base_metrics: dict[str, float] | None = None
     """The base model's metrics on the same rows (``run_eval`` with ``base_model``)."""
     base_predictions: list[dict[str, Any]] | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Rows whose image could not be read: ``id``, ``image``, ``reason`` (not scored)."""
     out: Path | None = None
     """Folder the results were written to (``run_eval``)."""
 
@@ -117,16 +125,18 @@ def evaluate_model(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        rows = _generate_rows(model, processor, dataset, refs, template, gen)
+        rows, skipped = _generate_rows(model, processor, dataset, refs, template, gen)
     finally:
         if was_training:
             model.train()
+    refs = [row["reference"] for row in rows]
     parsed = [ParsedListing(**_parsed_fields(r["parsed"])) for r in rows]
     metrics = compute_metrics(refs, parsed, fields=template.args.fields)
+    metrics["skipped_images"] = float(len(skipped))
     baselines = (
         baseline_metrics(references(train), refs) if train is not None and len(train) else {}
     )
-    return EvalResult(metrics=metrics, predictions=rows, baselines=baselines)
+    return EvalResult(metrics=metrics, predictions=rows, baselines=baselines, skipped=skipped)
 
 
 def make_generation_eval(
@@ -185,22 +195,32 @@ def _generate_rows(
     refs: list[dict[str, Any]],
     template: PromptTemplate,
     gen: GenerationArgs,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Prediction rows of the readable images, and the rows skipped with their reason."""
     paths = dataset.image_paths()[: len(refs)]
     ids = [str(v) for v in dataset.frame[dataset.columns.id].head(len(refs))]
     rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     for start in range(0, len(refs), gen.batch_size):
-        chunk = paths[start : start + gen.batch_size]
-        texts = generate_listings(
-            model, processor, [_load_image(p, processor) for p in chunk], template, gen
-        )
-        for offset, text in enumerate(texts):
-            i = start + offset
+        images, kept = [], []
+        for i in range(start, min(start + gen.batch_size, len(refs))):
+            try:
+                images.append(_load_image(paths[i], processor))
+                kept.append(i)
+            except EvalError as err:
+                log.warning("skipping row %s: %s", ids[i], err)
+                skipped.append({"id": ids[i], "image": str(paths[i]), "reason": str(err)})
+        texts = generate_listings(model, processor, images, template, gen) if images else []
+        for i, text in zip(kept, texts, strict=True):
             rows.append(
                 prediction_row(ids[i], paths[i], refs[i], text, template.parse(text), template)
             )
         log.debug("generated %d/%d listings", len(rows), len(refs))
-    return rows
+    if not rows:
+        raise EvalError(
+            f"none of the {len(refs)} image(s) to evaluate can be read, e.g. {skipped[0]['reason']}"
+        )
+    return rows, skipped
 
 
 def _load_image(path: Path, processor: Any) -> Image.Image:
@@ -280,7 +300,11 @@ def _write_results(out: Path, args: EvalArgs, result: EvalResult) -> Path:
 
 
 def _metrics_document(args: EvalArgs, result: EvalResult) -> dict[str, Any]:
-    doc: dict[str, Any] = {"model": result.metrics, "baselines": result.baselines}
+    doc: dict[str, Any] = {
+        "model": result.metrics,
+        "baselines": result.baselines,
+        "skipped": result.skipped,
+    }
     if result.base_metrics is not None:
         doc["base_model"] = result.base_metrics
     doc["config"] = config_to_dict(args)
