@@ -14,6 +14,7 @@ from vlmtune.training.build import (
     load_processor,
     parameter_counts,
     resolve_dtype,
+    weights_dtype,
 )
 from vlmtune.training.preflight import PreflightError, check_backends, preflight_summary
 from vlmtune.training.train import train, training_arguments
@@ -90,6 +91,21 @@ def test_fsdp_launch_without_gpu_and_cpu_precision(tiny_inputs, tmp_path, monkey
         check_backends(tiny_inputs.config(tmp_path))
 
 
+def test_updated_weights_stay_float32_under_16_bit_compute(tiny_inputs, tmp_path):
+    def loaded(mode: str, **train: object) -> set[torch.dtype]:
+        config = tiny_inputs.config(tmp_path, mode=mode, **train)
+        config.model.dtype = "bfloat16"
+        model = build_model(config.model, config.train, config.lora)
+        assert training_arguments(config, tmp_path, model).bf16, "bf16 autocast"
+        return {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+
+    assert loaded("full") == loaded("frozen_vision") == {torch.float32}
+    assert loaded("lora") == {torch.bfloat16}, "frozen LoRA base weights stay 16-bit"
+    config = tiny_inputs.config(tmp_path, mode="full", deepspeed=CONFIGS / "deepspeed_zero2.json")
+    config.model.dtype = "bfloat16"
+    assert weights_dtype(config.model, config.train) == torch.bfloat16, "ZeRO keeps fp32 masters"
+
+
 def test_preflight_fails_fast_when_nothing_would_train(tiny_inputs, tmp_path):
     config = tiny_inputs.config(tmp_path, mode="full")
     model = build_model(config.model, config.train, config.lora)
@@ -131,6 +147,29 @@ def test_recipes_map_onto_train_config(recipe, tmp_path):
     config.require_paths()
     assert config.train.mode in ("lora", "full", "frozen_vision", "qlora")
     assert recipe != "frozen_vision.yaml" or config.train.freeze_vision
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["lora.yaml", "full.yaml", "frozen_vision.yaml"])
+def test_gpu_recipes_run_on_the_tiny_model(recipe, tiny_inputs, tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        f"model.path={tiny_inputs.checkpoint}",
+        f"data.path={tiny_inputs.data}",
+        f"train.output_dir={run}",
+        "train.max_steps=2",
+        "train.per_device_batch_size=2",
+        "train.grad_accum=2",
+        "train.eval_steps=2",
+        "train.save_steps=2",
+        "train.metric_for_best=eval_loss",
+        "train.report_to=none",
+        "train.dataloader_workers=0",
+        "data.eval_limit=4",
+    ]
+    result = train(load_config(TrainConfig, CONFIGS / recipe, overrides))
+    assert result.summary["global_step"] == 2 and (run / "checkpoint-2").is_dir()
+    assert result.model_dir is not None and any(result.model_dir.glob("*.safetensors"))
 
 
 def test_bad_settings_are_named():

@@ -41,7 +41,12 @@ class ModelArgs:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel of the decoder and the vision tower."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights' dtype; ``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU)."""
+    """Compute dtype; ``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU).
+
+    LoRA and QLoRA keep the frozen base weights in this dtype. Full and frozen-vision
+    fine-tuning keep float32 master weights and compute in this dtype under autocast
+    (bfloat16 weights would lose most optimizer updates at fine-tuning learning rates),
+    except under DeepSpeed, which keeps its own float32 master copy."""
     num_crops: int | None = None
     """Maximum number of image crops of the HD transform; None keeps the checkpoint's preprocessor value."""
     gradient_checkpointing: bool = False

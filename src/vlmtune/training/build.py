@@ -42,6 +42,7 @@ __all__ = [
     "parameter_counts",
     "quantize_language_model_4bit",
     "resolve_dtype",
+    "weights_dtype",
 ]
 
 log = get_logger(__name__)
@@ -58,6 +59,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def weights_dtype(model_args: ModelArgs, train_args: TrainArgs) -> torch.dtype:
+    """The dtype the weights are loaded in (see ``ModelArgs.dtype``).
+
+    Weights that the optimizer updates stay float32 (master weights; the Trainer's
+    autocast computes in the 16-bit dtype): a bfloat16 weight has 8 bits of mantissa, so
+    an update below ~0.4% of its magnitude, the rule at a 2e-5 learning rate, is rounded
+    away. Frozen base weights of LoRA, and DeepSpeed's own master copies, need no such care.
+    """
+    dtype = resolve_dtype(model_args.dtype)
+    if dtype != torch.float32 and not train_args.uses_lora and train_args.deepspeed is None:
+        log.info("%s mode: float32 master weights, %s compute (autocast)", train_args.mode, dtype)
+        return torch.float32
+    return dtype
+
+
 def load_processor(args: ModelArgs) -> Any:
     """The checkpoint's processor, with ``num_crops`` overridden when set."""
     processor = Phi3VProcessor.from_pretrained(str(args.path), num_crops=args.num_crops)
@@ -70,7 +86,7 @@ def load_processor(args: ModelArgs) -> Any:
 
 def build_model(model_args: ModelArgs, train_args: TrainArgs, lora_args: LoraArgs) -> nn.Module:
     """Load the checkpoint and put it in ``train_args.mode`` (frozen parts, adapters, quantization)."""
-    dtype = resolve_dtype(model_args.dtype)
+    dtype = weights_dtype(model_args, train_args)
     if train_args.mode == "qlora":
         _require_qlora()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -83,6 +83,7 @@ def preflight_summary(
         "mode": config.train.mode,
         "parameters": params,
         "precision": str(resolve_dtype(config.model.dtype)).removeprefix("torch."),
+        "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "train_samples": len(datasets.train),
         "eval_samples": len(datasets.eval) if datasets.eval is not None else 0,
         "left_out_before_training": datasets.left_out_counts(),

@@ -244,7 +244,7 @@ def training_arguments(
         run_name=t.run_name or run_dir.name,
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=cuda,
-        bf16=cuda and dtype == torch.bfloat16,
+        bf16=dtype == torch.bfloat16,  # autocast; on CPU too when asked for explicitly
         fp16=cuda and dtype == torch.float16,
         use_cpu=not cuda,
         activation_checkpointing=config.model.gradient_checkpointing,
