@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.train import NonFiniteLossError, resolve_resume, train
+from vlmtune.training.trainer_state import TrainerStateError
 from vlmtune.utils.config import ConfigError
 
 
@@ -40,8 +41,13 @@ def test_lora_run_writes_the_run_folder(tiny_inputs, tmp_path):
     ).is_file()
     checkpoints = sorted(p.name for p in run.glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4"]  # save_total_limit=1 keeps the last only
+    state = {p.name for p in (run / "checkpoint-4").iterdir()}
+    assert {"optimizer.safetensors", "scheduler.json", "rng_state.safetensors"} <= state
     for folder in (run / "checkpoint-4", run / "model"):
-        assert not list(folder.glob("*.bin")), "no pickled weights or training args"
+        for path in folder.rglob("*"):
+            if path.is_file():  # torch.save writes zip files (.pt, .pth, .bin): none at all
+                assert path.suffix not in {".bin", ".pt", ".pth", ".pkl"}, path
+                assert path.read_bytes()[:4] != b"PK\x03\x04", f"{path} is a torch.save zip"
     losses = _losses(run)
     assert sorted(losses) == [1, 2, 3, 4] and all(v == v for v in losses.values())
     summary = json.loads((run / "train_summary.json").read_text())
@@ -106,3 +112,11 @@ def test_resume_setting_is_resolved(tmp_path):
         resolve_resume(str(tmp_path), run)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         resolve_resume(None, run)
+
+
+def test_a_checkpoint_without_its_optimizer_state_is_not_resumed_silently(tiny_inputs, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_inputs.config(run, max_steps=2, save_steps=2))
+    (run / "checkpoint-2" / "optimizer.safetensors").unlink()
+    with pytest.raises(TrainerStateError, match="optimizer.safetensors.*--model"):
+        train(tiny_inputs.config(run, max_steps=4, save_steps=2, resume="auto"))

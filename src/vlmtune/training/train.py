@@ -13,7 +13,10 @@ parallelism (torchrun / accelerate launch) and the trackers are the Trainer's;
 * each evaluation also runs the injected generation metrics (``eval_<name>``);
 * full-model checkpoints are reloaded through the model's own strict
   official-layout loader (the Trainer's default is a non-strict state-dict load);
-* checkpoints hold no pickled training arguments.
+* checkpoints hold no pickle: the optimizer, scheduler, gradient-scaler and
+  RNG states are written as safetensors + JSON (:mod:`vlmtune.training.trainer_state`)
+  and the pickled training arguments are not written (``config.yaml`` is the
+  record). Under DeepSpeed and FSDP their own sharded checkpoint formats apply.
 """
 
 from __future__ import annotations
@@ -48,6 +51,18 @@ from vlmtune.training.tracking import (
     log_model_artifact,
     tracking_environment,
 )
+from vlmtune.training.trainer_state import (
+    OPTIMIZER_FILE,
+    SCHEDULER_FILE,
+    TrainerStateError,
+    load_json_state,
+    load_optimizer_state,
+    load_rng_state,
+    rng_state_file,
+    save_json_state,
+    save_optimizer_state,
+    save_rng_state,
+)
 from vlmtune.utils.config import ConfigError, save_config
 from vlmtune.utils.io import atomic_write_json
 from vlmtune.utils.logging import get_logger
@@ -69,6 +84,7 @@ GenerationEval = Callable[[Any, Any], tuple[dict[str, float], list[dict[str, Any
 """(model, processor) -> (metrics by name, one row per evaluated sample); injected by the CLI."""
 
 TRAINING_ARGS_FILE = "training_args.bin"
+SCALER_FILE = "scaler.json"
 _LISTED = 200  # skipped samples listed by name in train_summary.json
 
 
@@ -434,6 +450,58 @@ class VlmTrainer(Trainer):
         pickled.unlink(
             missing_ok=True
         )  # the resolved config.yaml is the record; no pickles in a run
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)  # their sharded formats
+        if self.args.should_save:
+            save_optimizer_state(self.optimizer.state_dict(), Path(output_dir) / OPTIMIZER_FILE)
+            save_json_state(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_FILE)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        folder = Path(checkpoint)
+        missing = [
+            name for name in (OPTIMIZER_FILE, SCHEDULER_FILE) if not (folder / name).is_file()
+        ]
+        if missing:
+            raise TrainerStateError(
+                f"checkpoint {str(folder)!r} has no {' or '.join(missing)}, so its run cannot be "
+                "resumed exactly (vlmtune stores no pickled state); to start a new run from its "
+                "weights, pass the folder as --model instead"
+            )
+        load_optimizer_state(self.optimizer, folder / OPTIMIZER_FILE)
+        load_json_state(self.lr_scheduler, folder / SCHEDULER_FILE)
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and self.args.should_save:
+            save_json_state(scaler.state_dict(), Path(output_dir) / SCALER_FILE)
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if (
+            checkpoint is not None
+            and scaler is not None
+            and (Path(checkpoint) / SCALER_FILE).is_file()
+        ):
+            load_json_state(scaler, Path(checkpoint) / SCALER_FILE)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        name = rng_state_file(self.args.process_index, self.args.world_size)
+        save_rng_state(Path(output_dir) / name)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / rng_state_file(self.args.process_index, self.args.world_size)
+        if not path.is_file():
+            log.warning(
+                "no %s in %s: random draws after the resume will differ", path.name, checkpoint
+            )
+            return
+        load_rng_state(path)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
