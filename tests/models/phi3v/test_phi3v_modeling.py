@@ -98,6 +98,27 @@ def test_placeholder_count_mismatch_names_both_numbers(tiny_model, tiny_batch):
         tiny_model(input_ids=torch.tensor([tiny_batch["rows"][0]]))
 
 
+def test_placeholders_must_match_each_image_not_just_the_total(tiny_model, tiny_batch):
+    kw = {"pixel_values": tiny_batch["pixel_values"], "image_sizes": tiny_batch["image_sizes"]}
+    rows = [list(r) for r in tiny_batch["rows"]]
+    # move 3 placeholders of sample 1's first image to sample 0's: the total still matches
+    first, other = rows[0].index(-1), rows[1].index(-1)
+    rows[0][first:first] = [-1, -1, -1]
+    del rows[1][other : other + 3]
+    ids, _ = pad_rows(rows, "right")
+    counts = tiny_batch["counts"]
+    with pytest.raises(
+        ValueError, match=f"sample 0: image 1 has {counts[0] + 3} placeholder.*{counts[0]}"
+    ):
+        tiny_model.embed_inputs(ids, **kw)
+    # the right lengths but image 2's run labelled -1
+    rows = [list(r) for r in tiny_batch["rows"]]
+    rows[1] = [-1 if v == -2 else v for v in rows[1]]
+    ids, _ = pad_rows(rows, "right")
+    with pytest.raises(ValueError, match=r"sample 1: placeholder run 2 holds id -1, expected -2"):
+        tiny_model.embed_inputs(ids, **kw)
+
+
 @pytest.mark.parametrize("side", ["left"])
 def test_generate_with_and_without_cache_and_per_sample(tiny_model, tiny_batch, side):
     ids, mask = pad_rows(tiny_batch["rows"], side)
@@ -158,8 +179,16 @@ def test_vision_layers_after_layer_idx_are_not_computed(tiny_batch):
         "pixel_values": tiny_batch["pixel_values"][:1],
         "image_sizes": tiny_batch["image_sizes"][:1],
     }
+    layers = model.vision_tower.encoder.layers
+    calls = {"used": 0, "last": 0, "post_layernorm": 0}
+    layers[-2].register_forward_hook(lambda *_: calls.__setitem__("used", calls["used"] + 1))
+    layers[-1].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1))
+    model.vision_tower.post_layernorm.register_forward_hook(
+        lambda *_: calls.__setitem__("post_layernorm", calls["post_layernorm"] + 1)
+    )
     model(input_ids=ids, labels=ids.masked_fill(ids < 0, -100), **kw).loss.backward()
-    last = model.vision_tower.encoder.layers[-1]
+    assert calls == {"used": 1, "last": 0, "post_layernorm": 0}, "features of layer -2 only"
+    last = layers[-1]
     assert all(p.grad is None for p in last.parameters())
     assert all(p.grad is None for p in model.vision_tower.post_layernorm.parameters())
     assert model.vision_tower.encoder.layers[0].self_attn.q_proj.weight.grad is not None
@@ -169,20 +198,33 @@ def test_vision_layers_after_layer_idx_are_not_computed(tiny_batch):
     )
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_batch):
+def test_gradient_checkpointing_gives_the_same_loss_and_grads_keeping_fewer_activations(
+    tiny_batch,
+):
     ids, mask = pad_rows(tiny_batch["rows"], "right")
     labels = ids.masked_fill((ids < 0) | (mask == 0), -100)
     kw = {"pixel_values": tiny_batch["pixel_values"], "image_sizes": tiny_batch["image_sizes"]}
-    results = []
+    results, kept = [], []
     for checkpointing in (False, True):
         model = build_tiny_phi3v(vocab_size=128, pad_token_id=0, eos_token_id=2).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels, **kw).loss
+        if checkpointing:  # renamed from gradient_checkpointing_enable in transformers 5.2x
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
+        saved = [0]
+
+        def pack(tensor, saved=saved):
+            saved[0] += tensor.numel()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, **kw).loss
         loss.backward()
         results.append((loss.detach(), model.image_embedding.sub_GN.grad.clone()))
+        kept.append(saved[0])
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
+    # the checkpointed layers keep their inputs only, and recompute the rest in the backward
+    assert kept[1] < 0.5 * kept[0], f"saved for backward: {kept[1]} vs {kept[0]} elements"
 
 
 def test_components(tiny_model):
@@ -239,3 +281,20 @@ def test_wrong_crop_size_is_a_clear_error(tiny_model, tiny_batch):
 def test_ids_beyond_the_vocabulary_are_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="vocab_size 128"):
         tiny_model(input_ids=torch.tensor([[1, 128]]))
+
+
+@pytest.mark.slow
+def test_cached_generation_matches_uncached_across_the_longrope_switch():
+    """Crossing original_max_position_embeddings (4096) switches LongRoPE to its long factors:
+    the cache built with the short ones must be dropped, or the cached logits drift."""
+    model = build_tiny_phi3v(vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    limit = model.config.original_max_position_embeddings
+    ids = torch.randint(3, 128, (1, limit - 4), generator=torch.Generator().manual_seed(0))
+    kw = {"max_new_tokens": 8, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+    kw |= {"output_logits": True, "return_dict_in_generate": True}
+    with torch.no_grad():
+        cached = model.generate(input_ids=ids, **kw)
+        uncached = model.generate(input_ids=ids, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for step, (a, b) in enumerate(zip(cached.logits, uncached.logits, strict=True)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=f"position {limit - 4 + step}")

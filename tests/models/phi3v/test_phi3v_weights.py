@@ -159,9 +159,13 @@ def test_lora_attaches_to_text_vision_and_projector(tiny_batch):
     assert len(adapted) == len(text) + len(vision) + 2
     # training through activation checkpointing reaches the vision LoRA weights
     wrapped.train()
-    wrapped.base_model.model.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": True}
-    )
+    base = wrapped.base_model.model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers 5.2x name
+        base.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": True}
+        )
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     wrapped.enable_input_require_grads()
     ids = torch.tensor([tiny_batch["rows"][0]])
     out = wrapped(

@@ -21,6 +21,8 @@ official layout minus the duplicated ``wte`` entry. Loading and saving go throug
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from pathlib import Path
@@ -301,12 +303,14 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
             return embeds
         if image_sizes is None:
             raise ValueError("pixel_values given without image_sizes")
-        features = torch.cat(self.image_embedding(pixel_values, image_sizes))
+        per_image = self.image_embedding(pixel_values, image_sizes)
+        features = torch.cat(per_image)
         if features.shape[0] != count:
             raise ValueError(
                 f"input_ids hold {count} image placeholder tokens but the images give "
                 f"{features.shape[0]} feature tokens"
             )
+        _check_placeholder_runs(input_ids, [f.shape[0] for f in per_image])
         mask = placeholders.unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(mask, features.to(embeds.dtype))
 
@@ -318,14 +322,20 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Logits [B, T, V] (loss when ``labels`` [B, T] are given)."""
+        """Logits [B, T, V] (loss when ``labels`` [B, T] are given).
+
+        ``cache``: the KV cache (``past_key_values``, its name before transformers 5.2x, is
+        accepted too).
+        """
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        kwargs.pop("past_key_values", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -336,8 +346,8 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{_cache_argument(): cache},
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -351,26 +361,28 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
+        name = _cache_output_field()
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{name: getattr(outputs, name, None)},
         )
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, cache=None, **kwargs):
         """Images only on the prefill step; like transformers' Phi3, drop a cache built with the
         short RoPE factors when the sequence first crosses ``original_max_position_embeddings``."""
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        kwargs.pop("past_key_values", None)
         limit = getattr(self.config, "original_max_position_embeddings", None)
         crossing = limit and input_ids.shape[1] >= limit + 1
-        if past_key_values is not None and crossing and past_key_values.get_seq_length() <= limit:
-            past_key_values = None
+        if cache is not None and crossing and cache.get_seq_length() <= limit:
+            cache = None
             kwargs["next_sequence_length"] = None
-        inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, **kwargs
-        )
-        cache = inputs.get("past_key_values")
+        name = _cache_argument()
+        inputs = super().prepare_inputs_for_generation(input_ids, **{name: cache}, **kwargs)
+        cache = inputs.get(name)
         if cache is not None and cache.get_seq_length() > 0:
             inputs["pixel_values"] = None
             inputs["image_sizes"] = None
@@ -499,3 +511,48 @@ def _load_generation_config(model: Phi3VForCausalLM, folder: Path) -> None:
         model.generation_config = GenerationConfig.from_dict(
             json.loads(path.read_text(encoding="utf-8"))
         )
+
+
+@functools.cache
+def _cache_argument() -> str:
+    """The KV cache's argument name in this transformers: ``cache`` (5.2x on; the old name is
+    deprecated there) or ``past_key_values`` (earlier 5.x)."""
+    params = inspect.signature(Phi3Model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@functools.cache
+def _cache_output_field() -> str:
+    """The KV cache's field name in transformers' model outputs (renamed with the argument)."""
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _check_placeholder_runs(input_ids: torch.Tensor, feature_counts: list[int]) -> None:
+    """Check that each sample's placeholders are runs of ``-1, -2, ...`` (one run per image, in
+    order) and that each run is as long as its image's features; images are taken in order
+    across the batch. Raises ``ValueError`` naming the sample, the image and both numbers."""
+    image = 0
+    for sample, row in enumerate(input_ids):
+        where = torch.nonzero(row < 0).flatten()
+        if not where.numel():
+            continue
+        values = row[where]
+        breaks = (where[1:] != where[:-1] + 1) | (values[1:] != values[:-1])
+        starts = torch.cat([where.new_zeros(1), torch.nonzero(breaks).flatten() + 1])
+        lengths = torch.diff(torch.cat([starts, where.new_tensor([where.numel()])]))
+        for k, (start, length) in enumerate(
+            zip(starts.tolist(), lengths.tolist(), strict=True), start=1
+        ):
+            found = -int(values[start])
+            if found != k:
+                raise ValueError(
+                    f"sample {sample}: placeholder run {k} holds id {-found}, expected {-k} "
+                    f"(<|image_{k}|>)"
+                )
+            if image >= len(feature_counts) or length != feature_counts[image]:
+                expected = feature_counts[image] if image < len(feature_counts) else 0
+                raise ValueError(
+                    f"sample {sample}: image {k} has {length} placeholder tokens but its "
+                    f"features are {expected} tokens"
+                )
+            image += 1
