@@ -18,6 +18,14 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vlmtune-installed
 DEV_STAMP := $(VENV)/.vlmtune-dev-installed
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+# One stamp per requested torch build, so asking for another build installs it
+# while the same request again installs nothing. Its name is the spec and index
+# made file-safe, plus their checksum (torch>=2.12 and torch<=2.12 read alike).
+# The request is part of every call: export TORCH_SPEC and TORCH_INDEX_URL on a
+# GPU machine, or a plain `make test` puts the default build back.
+TORCH_REQUEST := $(TORCH_SPEC)$(if $(TORCH_INDEX_URL),@$(TORCH_INDEX_URL))
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_REQUEST)' | tr -c 'A-Za-z0-9.@-' '_')-$(shell printf '%s' '$(TORCH_REQUEST)' | cksum | cut -d' ' -f1)
 
 .PHONY: demo test install install-dev browser lint bench clean
 
@@ -43,16 +51,22 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # torch alone first (CPU build unless TORCH_SPEC/TORCH_INDEX_URL say otherwise).
-$(VENV)/.torch-installed: | $(BIN)/python
-	$(BIN)/python -c "import torch" 2>/dev/null || \
-	  $(BIN)/python -m pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
+# The stamps of other builds go, so that switching back reinstalls. A torch that
+# is already there is replaced, not kept: another build can carry the same
+# version (2.13.0+cu128 satisfies torch==2.13.0), and pip would leave it. Then a
+# plain install adds what the requested build depends on.
+$(TORCH_STAMP): | $(BIN)/python
+	rm -f $(VENV)/.torch-*
+	if $(BIN)/python -m pip show torch >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install --force-reinstall --no-deps $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	touch $@
 
-$(STAMP): pyproject.toml $(VENV)/.torch-installed
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml $(VENV)/.torch-installed
+$(DEV_STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@ $(STAMP)
 

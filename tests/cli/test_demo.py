@@ -1,9 +1,12 @@
-"""The quick demo end to end: every stage runs, every artefact exists, the training loss falls."""
+"""The quick demo end to end: every stage runs, every artefact exists, the loss falls."""
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -14,14 +17,20 @@ from vlmtune.cli.main import main
 @pytest.mark.slow
 def test_quick_demo_produces_every_artefact_and_learns(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    out = tmp_path / "demo"
+    out = tmp_path / "demo #1"  # YAML would read 'demo #1' as 'demo' and a comment
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "before training" in printed and "after training" in printed
+    # the baselines are constants, not generated text: they have no parse rate
+    (parse_row,) = [line for line in printed.splitlines() if "parse_rate" in line]
+    assert [cell.strip() for cell in parse_row.strip("│ ").split("│")][-1] == "n/a"
 
     summary = json.loads((out / "summary.json").read_text())
     for part in ("before", "after", "baseline"):
         assert set(SUMMARY_METRICS) <= set(summary[part]), part
+    assert summary["baseline"]["parse_rate"] is None
+    assert 0 <= summary["after"]["parse_rate"] <= 1
+    assert summary["paths"]["run"] == str(out.resolve() / "run")
     assert set(summary["seconds"]) >= {"synth", "prepare", "init-model", "train", "eval", "total"}
     for key in ("report", "run", "model"):
         assert (out / summary["paths"][key]).exists() or (
@@ -65,3 +74,18 @@ def test_quick_demo_produces_every_artefact_and_learns(tmp_path, monkeypatch, ca
     assert len(rows) == 1 and {"image", "title", "category3_code", "full_price", "raw_text"} <= set(
         rows[0]
     )
+
+
+def test_recipes_ship_as_package_data_and_the_clone_links_to_them():
+    packaged = resources.files("vlmtune") / "configs"
+    assert (packaged / "demo.yaml").is_file() and (packaged / "README.md").is_file()
+    root = Path(__file__).resolve().parents[2]
+    assert (root / "configs").resolve() == Path(str(packaged)).resolve()
+    # every recipe is listed in the package data, so a wheel carries it too
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["vlmtune"]
+    for recipe in Path(str(packaged)).iterdir():
+        name = f"configs/{recipe.name}"
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -84,3 +84,57 @@ def test_yaml_config_file_with_unknown_section(tmp_path, capsys):
         == 2
     )
     assert "unknown key 'trian'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def captured_prepare(monkeypatch):
+    """``vlmtune prepare`` with the work replaced: records the PrepareArgs it was given."""
+    from vlmtune.data.prepare import PrepareError
+
+    seen = []
+
+    def fake_prepare(args):
+        seen.append(args)
+        raise PrepareError("stopped by the test")
+
+    monkeypatch.setattr("vlmtune.cli.prepare.prepare_dataset", fake_prepare)
+    return seen
+
+
+TEXTS = ["my data #1.csv", "0123", "on", "null", "o #2"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_flag_values_reach_the_config_as_typed(text, tmp_path, captured_prepare):
+    out = tmp_path / text
+    assert main(["prepare", "--source", text, "--out", str(out), "--stratify", text]) == 2
+    (args,) = captured_prepare
+    assert (args.source, args.out, args.stratify) == (text, out, text)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_text_overrides_reach_the_config_as_typed(text, captured_prepare):
+    assert main(["prepare", f"source={text}", f"out={text}", "seed=3"]) == 2
+    (args,) = captured_prepare
+    assert (args.source, args.out, args.seed) == (text, Path(text), 3)
+
+
+def test_flags_sit_between_the_config_file_and_the_overrides(tmp_path, captured_prepare):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("source: from_file.csv\nout: from_file\nseed: 1\nstratify: category3_code\n")
+    argv = ["prepare", "--config", str(cfg), "--source", "flag #1.csv", "--seed", "2", "seed=5"]
+    assert main(argv) == 2
+    (args,) = captured_prepare
+    assert (args.source, args.out, args.seed) == ("flag #1.csv", Path("from_file"), 5)
+    assert args.stratify == "category3_code"
+    assert main([*argv, "stratify=null"]) == 2  # null unsets a field that may be unset
+    assert captured_prepare[1].stratify is None
+
+
+def test_demo_flags_reach_its_config_as_typed(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr("vlmtune.cli.demo.run_demo", seen.append)
+    out = tmp_path / "o #2"
+    assert main(["demo", "--out", str(out), "--seed", "7", "--quick", "image_size=0112x140"]) == 0
+    (args,) = seen
+    assert (args.out, args.seed, args.quick, args.image_size) == (out, 7, True, "0112x140")

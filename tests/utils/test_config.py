@@ -78,3 +78,32 @@ def test_save_and_reload_round_trip(tmp_path):
     path = save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(Root, path) == cfg
     assert config_to_dict(cfg)["train"]["out"] == "/tmp/o"
+
+
+@pytest.mark.parametrize("text", ["my data #1.csv", "0123", "on", "null", "a: b", "[x]"])
+def test_text_fields_keep_the_override_as_typed(text):
+    cfg = load_config(Root, None, [f"name={text}", f"train.out={text}"])
+    assert cfg.name == text
+    assert cfg.train.out == (None if text == "null" else Path(text))
+
+
+def test_other_fields_still_read_yaml():
+    cfg = load_config(Root, None, ["train.steps=0x10", "train.bf16=on", "train.targets=[a, b]"])
+    assert (cfg.train.steps, cfg.train.bf16, cfg.train.targets) == (16, True, ["a", "b"])
+
+
+def test_typed_values_sit_between_the_file_and_the_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  steps: 5\n  learning_rate: 3e-4\nname: base\n")
+    values = {"name": "o #2", "train.steps": 6, "train.out": Path("0123"), "train.bf16": True}
+    cfg = load_config(Root, cfg_file, ["train.steps=7"], values=values)
+    assert cfg.name == "o #2" and cfg.train.out == Path("0123") and cfg.train.bf16 is True
+    assert cfg.train.steps == 7  # the user's override wins
+    assert cfg.train.learning_rate == pytest.approx(3e-4)  # the file's value stands
+
+
+def test_typed_values_are_checked_like_any_other():
+    with pytest.raises(ConfigError, match=r"train.steps: 'x' is not a valid integer"):
+        load_config(Root, None, values={"train.steps": "x"})
+    with pytest.raises(ConfigError, match=r"unknown key 'train.stpes'"):
+        load_config(Root, None, values={"train.stpes": 3})

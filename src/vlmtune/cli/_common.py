@@ -36,20 +36,10 @@ def build_config(
 ) -> T:
     """Config of ``cls`` from the YAML file, then the command's flags (dotted keys), then overrides.
 
-    Flags left at ``None`` are not applied, so the YAML file's value stands.
+    Flags left at ``None`` are not applied, so the YAML file's value stands. The
+    others are set as typer parsed them: turning them back into text for the
+    ``key=value`` parser would let YAML rewrite them (``--out "o #2"`` -> ``o``).
     Raises ``ConfigError`` naming the key for an unknown key or a bad value.
     """
-    flag_items = [
-        f"{key}={_as_yaml(value)}" for key, value in (flags or {}).items() if value is not None
-    ]
-    return load_config(cls, config_file, [*flag_items, *(overrides or [])])
-
-
-def _as_yaml(value: Any) -> str:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
+    values = {key: value for key, value in (flags or {}).items() if value is not None}
+    return load_config(cls, config_file, overrides or [], values=values)

@@ -2,7 +2,7 @@
 
 synth (a catalog whose photos decide title, category and price) -> serve its
 images on 127.0.0.1 -> prepare over HTTP (broken rows dropped and reported) ->
-init-model (a small Phi-3-V in the official layout) -> train (configs/demo.yaml,
+init-model (a small Phi-3-V in the official layout) -> train (vlmtune/configs/demo.yaml,
 tracked in W&B offline and metrics.jsonl) -> eval on the held-out test split,
 the untrained model as "before" -> report.html and summary.json.
 
@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import vlmtune
 from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
 from vlmtune.cli.train import generation_eval_for
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset
@@ -57,7 +57,7 @@ class DemoArgs:
     image_size: str = "224x280"
     """Photo size of the synthetic catalog (WxH)."""
     train_config: Path | None = None
-    """Training recipe; default configs/demo.yaml of this source tree."""
+    """Training recipe; default the packaged ``vlmtune/configs/demo.yaml``."""
     train_overrides: list[str] | None = None
     """Extra key=value overrides for the training recipe (e.g. train.max_steps=100)."""
     report_to: str = "wandb"
@@ -155,27 +155,34 @@ def _paths(out: Path) -> dict[str, Path]:
 
 
 def _train_config(args: DemoArgs, paths: dict[str, Path]) -> TrainConfig:
-    recipe = (
-        args.train_config or Path(vlmtune.__file__).resolve().parents[2] / "configs" / "demo.yaml"
-    )
-    if not recipe.is_file():
-        raise ConfigError(
-            f"train_config: the demo recipe {str(recipe)!r} does not exist; pass train_config=FILE"
-        )
+    if args.train_config is not None:
+        if not Path(args.train_config).is_file():
+            raise ConfigError(
+                f"train_config: the demo recipe {str(args.train_config)!r} does not exist; "
+                "pass train_config=FILE"
+            )
+        return _load_recipe(args.train_config, args, paths)
+    # package data, so the demo runs from a wheel as well as from a clone
+    recipe = resources.files("vlmtune") / "configs" / "demo.yaml"
+    with resources.as_file(recipe) as path:
+        return _load_recipe(path, args, paths)
+
+
+def _load_recipe(recipe: Path, args: DemoArgs, paths: dict[str, Path]) -> TrainConfig:
     quick = (
         ["train.max_steps=40", "train.eval_steps=20", "train.save_steps=20", "data.eval_limit=8"]
         if args.quick
         else []
     )
-    fixed = [
-        f"model.path={paths['base_model']}",
-        f"data.path={paths['data']}",
-        f"train.output_dir={paths['run']}",
-        f"train.seed={args.seed}",
-        f"train.report_to={args.report_to}",
-        f"train.run_name=demo-seed{args.seed}",
-    ]
-    return load_config(TrainConfig, recipe, [*fixed, *quick, *(args.train_overrides or [])])
+    fixed = {
+        "model.path": paths["base_model"],
+        "data.path": paths["data"],
+        "train.output_dir": paths["run"],
+        "train.seed": args.seed,
+        "train.report_to": args.report_to,
+        "train.run_name": f"demo-seed{args.seed}",
+    }
+    return load_config(TrainConfig, recipe, [*quick, *(args.train_overrides or [])], values=fixed)
 
 
 def _eval_args(paths: dict[str, Path]) -> EvalArgs:
@@ -194,7 +201,7 @@ def _summary(
     doc = json.loads((evaluation.out / "metrics.json").read_text(encoding="utf-8"))
     baselines = doc["baselines"]
     baseline = {
-        "parse_rate": 1.0,
+        "parse_rate": None,  # the baselines are constants, not generated text: nothing to parse
         "category_accuracy": baselines["majority_category"]["category_accuracy"],
         "title_exact_match": baselines["most_common_title"]["title_exact_match"],
         "price_mape": baselines["mean_price"]["price_mape"],
@@ -230,10 +237,14 @@ def _table(summary: dict[str, Any]) -> Table:
     for column in ("metric", "before training", "after training", "baseline"):
         table.add_column(column, justify="right" if column != "metric" else "left")
     for key in SUMMARY_METRICS:
-        cells = [f"{summary[part][key]:.3f}" for part in ("before", "after", "baseline")]
+        cells = [_cell(summary[part][key]) for part in ("before", "after", "baseline")]
         table.add_row(key, *cells)
     table.caption = (
         "\n".join(f"{k}: {v}" for k, v in summary["paths"].items())
         + f"\ntotal {summary['seconds']['total']:.0f}s"
     )
     return table
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -6,6 +6,8 @@ and checks every value against the field's type annotation, so a typo or a bad
 value fails before any work starts with a message that names the dotted key,
 the value and what is allowed. Dataclasses validate their own invariants in
 ``__post_init__``; a ``ValueError`` raised there is reported with the section's key.
+A command's flags arrive typed and are set as they are; ``key=value`` text is read
+as YAML, except for string and path fields, whose text is kept as typed.
 """
 
 from __future__ import annotations
@@ -44,21 +46,31 @@ def load_config(
     config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
     base: Mapping[str, Any] | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> T:
-    """Build ``cls`` from ``base``, then a YAML file, then dotted ``key=value`` overrides.
+    """Build ``cls`` from ``base``, a YAML file, typed ``values``, then ``key=value`` overrides.
 
-    Later sources win. Raises :class:`ConfigError` for an unknown key, a value of
-    the wrong type, or an invariant broken in a dataclass's ``__post_init__``.
+    Later sources win. ``values`` maps dotted keys to values that already have
+    their type (a command's flags) and are used as given, never read as YAML.
+    Raises :class:`ConfigError` for an unknown key, a value of the wrong type,
+    or an invariant broken in a dataclass's ``__post_init__``.
     """
     data: dict[str, Any] = _deep_copy(base or {})
     if config_file is not None:
         data = _merge(data, _read_yaml(Path(config_file)))
-    data = apply_overrides(data, parse_overrides(overrides))
+    data = apply_overrides(data, values or {})
+    data = apply_overrides(data, parse_overrides(overrides, cls))
     return config_from_dict(cls, data)
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``a.b=value`` strings into a dotted-key mapping; values are read as YAML scalars."""
+def parse_overrides(items: Iterable[str], cls: type | None = None) -> dict[str, Any]:
+    """Parse ``a.b=value`` strings into a dotted-key mapping.
+
+    Values are read as YAML scalars, except where ``cls`` says the key is a
+    string or a path: that text is kept as typed, because YAML would cut
+    ``my data #1.csv`` at the ``#``, read ``0123`` as the octal 83 and ``on`` as
+    true. There only ``null`` (or ``~``) means None, and only when the field allows it.
+    """
     parsed: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -67,10 +79,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"override {item!r} is not of the form key=value (e.g. train.learning_rate=1e-4)"
             )
-        try:
-            parsed[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            parsed[key] = raw
+        field_type = _field_type(cls, key) if cls is not None else None
+        parsed[key] = _override_value(raw, field_type)
     return parsed
 
 
@@ -144,6 +154,48 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return data
+
+
+def _override_value(raw: str, field_type: Any) -> Any:
+    if field_type is not None and _is_text(field_type):
+        allows_none = type(None) in get_args(field_type)
+        return None if allows_none and raw.strip() in ("null", "~") else raw
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _field_type(cls: Any, dotted: str) -> Any:
+    """Annotation of the field that ``dotted`` names in dataclass ``cls``; None if it names none."""
+    tp = cls
+    for part in dotted.split("."):
+        tp = _without_none(tp)
+        if not dataclasses.is_dataclass(tp):
+            return None
+        if part not in {f.name for f in dataclasses.fields(tp) if f.init}:
+            return None  # config_from_dict reports the unknown key with a suggestion
+        tp = get_type_hints(tp)[part]
+    return tp
+
+
+def _without_none(tp: Any) -> Any:
+    """``X`` for ``X | None``; any other annotation unchanged."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    """True for ``str``, ``Path`` and their unions with None: fields whose override is plain text."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        return bool(rest) and all(a in (str, Path) for a in rest)
+    return tp in (str, Path)
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

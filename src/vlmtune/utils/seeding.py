@@ -1,8 +1,14 @@
-"""Seeding of every random number generator a run touches (Python, NumPy, torch)."""
+"""Seeding of every random number generator a run touches (Python, NumPy, torch).
+
+``PYTHONHASHSEED`` is deliberately left alone: the interpreter reads it once at
+start-up, so setting it here would not make this process's ``str`` hashes
+reproducible, and it would silently change the environment of every child
+process. Nothing in vlmtune depends on ``hash()`` of a string (splits and file
+names use hashlib); set the variable before launching when something does.
+"""
 
 from __future__ import annotations
 
-import os
 import random
 
 __all__ = ["seed_everything"]
@@ -15,7 +21,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     which is slower on GPU but makes two runs bit-identical.
     """
     random.seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
     try:
         import numpy as np
 
