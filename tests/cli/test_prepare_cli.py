@@ -98,6 +98,7 @@ def test_missing_source_is_a_configuration_error(tmp_path, capsys):
 
 
 def test_hub_dataset_name_fails_at_once_when_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))  # empty
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     started = time.monotonic()

@@ -198,6 +198,9 @@ def _send(handler: BaseHTTPRequestHandler, code: int, body: bytes, headers: dict
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    # prepare opens 16+ connections at once; socketserver's default listen backlog of 5
+    # drops the others' SYNs, which the kernel resends after 1 s: a spurious timeout
+    request_queue_size = 128
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # resets and aborted clients are part of the tests

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import pandas as pd
 import pytest
@@ -82,6 +84,8 @@ def test_csv_rejects_are_reported_with_reasons(tmp_path):
     assert reasons["A7"].startswith("bad price") and "negative" in reasons["A7"]
     dup = catalog.rejects[catalog.rejects["source_row"] == 5]
     assert dup["reason"].item().startswith("duplicate id") and dup["id"].item() == "A1"
+    images = dict(zip(catalog.rejects["id"], catalog.rejects["image"], strict=True))
+    assert images["A3"] == "http://127.0.0.1/x.jpg" and images["A4"] == "N.A."
     summary = catalog.summary()
     assert summary["rows_read"] == 8 and summary["kept"] == 3 and summary["rejected"] == 5
     assert summary["rejected_by_reason"] == {
@@ -142,7 +146,40 @@ def test_missing_column_and_unknown_format_name_the_problem(tmp_path):
         load_catalog(tmp_path / "absent.csv")
 
 
-def test_hub_name_fails_fast_when_offline(monkeypatch):
+def test_hub_name_fails_fast_when_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path))  # an empty cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CatalogError, match="hub is offline.*local CSV"):
         load_catalog("DBQ/Burberry.Product.prices.United.States")
+
+
+def test_hub_name_offline_is_read_from_the_local_datasets_cache(tmp_path, monkeypatch):
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    source = tmp_path / "c.parquet"
+    _frame().to_parquet(source)
+    cache = tmp_path / "cache"
+    builder = Parquet(cache_dir=str(cache), dataset_name="catalog", config_id="default",
+                      hash="0123abcd", data_files={"train": str(source)})  # fmt: skip
+    builder.download_and_prepare()
+    # the layout load_dataset leaves for a hub dataset: <owner>___<name>/<config>/<version>/<commit>
+    (cache / "catalog").rename(cache / "owner___catalog")
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    columns = CatalogColumns(id="sku", title="name", category="cat", price="p", image="img")
+    catalog = load_catalog("owner/catalog", columns)
+    assert list(catalog.rows["sku"]) == ["s1"] and sorted(catalog.rejects["id"]) == ["s2", "s3"]
+
+
+def test_hub_name_fails_fast_when_the_hub_cannot_be_reached(monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the socket is: connections are refused
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    started = time.monotonic()
+    with pytest.raises(CatalogError, match="hub cannot be reached.*local CSV.*save_to_disk"):
+        load_catalog("DBQ/Burberry.Product.prices.United.States")
+    assert time.monotonic() - started < 10

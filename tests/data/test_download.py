@@ -90,12 +90,22 @@ def test_client_errors_are_not_retried(server, code):
     assert server.count("/x.jpg") == 1
 
 
-def test_server_errors_are_retried_then_reported(server):
-    url = server.add("/x.jpg", status(503))
+@pytest.mark.parametrize("code", [500, 501, 503, 507, 520, 522, 408, 429])
+def test_server_errors_timeouts_and_throttling_are_retried_then_reported(server, code):
+    url = server.add("/x.jpg", status(code))
     with _fetcher(retries=2) as fetcher:
         result = fetcher.fetch(url)
-    assert result.reason.startswith("http 503:") and "after 3 attempts" in result.reason
+    assert result.reason.startswith(f"http {code}:") and "after 3 attempts" in result.reason
     assert server.count("/x.jpg") == 3
+
+
+@pytest.mark.parametrize("code", [520, 408])
+def test_cdn_error_or_request_timeout_then_200_succeeds(server, code):
+    body = jpeg_bytes()
+    url = server.add("/x.jpg", sequence(status(code), ok(body)))
+    with _fetcher() as fetcher:
+        result = fetcher.fetch(url)
+    assert result.ok and result.data == body and server.count("/x.jpg") == 2
 
 
 def test_500_then_200_succeeds(server):
@@ -203,6 +213,31 @@ def test_redirect_to_a_non_http_scheme_is_refused(server):
     with _fetcher() as fetcher:
         result = fetcher.fetch(url)
     assert result.reason.startswith("bad redirect:") and "unsupported scheme" in result.reason
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/x.jpg",
+     "http://2852039166/x.jpg", "http://[::ffff:169.254.169.254]/x.jpg"],
+)  # fmt: skip
+def test_redirect_to_a_link_local_or_metadata_address_is_refused(server, target):
+    url = server.add("/r", redirect(target))
+    started = time.monotonic()
+    with _fetcher(timeout=5, retries=2) as fetcher:
+        result = fetcher.fetch(url)
+    assert result.reason.startswith("bad redirect:") and "link-local" in result.reason
+    assert result.attempts == 1 and server.count("/r") == 1  # final: not retried
+    assert time.monotonic() - started < 2  # refused before any connection to the target
+
+
+def test_redirect_to_loopback_by_name_is_followed(server):
+    body = jpeg_bytes()
+    server.add("/final.jpg", ok(body))
+    port = server.base_url.rsplit(":", 1)[1]
+    url = server.add("/r", redirect(f"http://localhost:{port}/final.jpg"))
+    with _fetcher() as fetcher:
+        result = fetcher.fetch(url)
+    assert result.ok and result.data == body
 
 
 def test_per_host_cap_limits_requests_in_flight(server):

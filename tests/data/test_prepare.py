@@ -87,7 +87,8 @@ def noisy_jpeg(size: int = 64, seed: int = 0) -> bytes:
 
 # --------------------------------------------------------------------------- the fault matrix
 
-GOOD = {"good", "png_alpha", "flaky", "throttled", "wrong_type", "redirected", "dup_a", "dup_b"}
+GOOD = {"good", "png_alpha", "flaky", "cdn_520", "timeout_408", "throttled", "wrong_type",
+        "redirected", "dup_a", "dup_b"}  # fmt: skip
 EXPECTED_FAILURES = {
     "missing": ("download", "http 404"),
     "forbidden": ("download", "http 403"),
@@ -98,6 +99,7 @@ EXPECTED_FAILURES = {
     "too_big_stream": ("download", "too large"),
     "loop": ("download", "too many redirects"),
     "to_file": ("download", "bad redirect"),
+    "to_metadata": ("download", "bad redirect"),
     "truncated_jpeg": ("image", "truncated image"),
     "html": ("image", "html"),
     "garbage": ("image", "not an image"),
@@ -116,6 +118,8 @@ def _matrix_routes(server: FaultServer) -> dict[str, str]:
         "good": ok(jpeg),
         "png_alpha": ok(png_bytes(), "image/png"),
         "flaky": sequence(status(500), ok(jpeg_bytes((1, 2, 3)))),
+        "cdn_520": sequence(status(520), ok(jpeg_bytes((4, 5, 6)))),
+        "timeout_408": sequence(status(408), ok(jpeg_bytes((7, 8, 9)))),
         "throttled": sequence(status(429, headers={"Retry-After": "1"}), ok(jpeg_bytes((9, 9, 9)))),
         "wrong_type": ok(jpeg_bytes((0, 200, 0)), "text/plain"),
         "redirected": redirect("/good.jpg"),
@@ -129,6 +133,7 @@ def _matrix_routes(server: FaultServer) -> dict[str, str]:
         "too_big_stream": too_many_bytes(300_000, declare=False),
         "loop": redirect("/loop.jpg"),
         "to_file": redirect("file:///etc/passwd"),
+        "to_metadata": redirect("http://169.254.169.254/latest/meta-data/"),
         "truncated_jpeg": ok(jpeg[: len(jpeg) // 2]),
         "html": ok(html_page(), "text/html"),
         "garbage": ok(b"\x00\x01not an image at all" * 20, "image/jpeg"),
@@ -172,12 +177,20 @@ def test_matrix_accounts_for_every_row(matrix):
     assert saved["kept"] == report.kept and saved["images_per_second"] >= 0
 
 
+def test_matrix_failures_keep_each_rows_image_reference(matrix):
+    frame = pd.read_csv(matrix["out"] / "failures.csv", dtype=str, keep_default_na=False)
+    assert dict(zip(frame["id"], frame["url"], strict=True)) == {
+        pid: matrix["refs"][pid] for pid in EXPECTED_FAILURES
+    }  # catalog rejects ("na": "N.A.") included
+
+
 def test_matrix_request_policy(matrix):
     server = matrix["server"]
     assert (
         server.count("/missing.jpg") == 1 and server.count("/forbidden.jpg") == 1
     )  # no retry on 4xx
     assert server.count("/flaky.jpg") == 2 and server.count("/slow.jpg") == 2
+    assert server.count("/cdn_520.jpg") == 2 and server.count("/timeout_408.jpg") == 2
     assert server.count("/shared.jpg") == 1  # a duplicate URL is fetched once
     first, second = server.times("/throttled.jpg")
     assert second - first >= 0.95  # Retry-After: 1 honoured
@@ -348,6 +361,21 @@ def test_relative_local_paths_are_copied_and_escapes_refused(tmp_path):
     }
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows file names cannot hold a colon")
+def test_relative_names_with_a_colon_are_paths_and_real_schemes_are_refused(tmp_path):
+    folder = tmp_path / "cat"
+    (folder / "x:y").mkdir(parents=True)
+    (folder / "a:b.jpg").write_bytes(jpeg_bytes((1, 2, 3)))
+    (folder / "x:y" / "c.jpg").write_bytes(jpeg_bytes((4, 5, 6)))
+    refused = {"file": "file:/etc/passwd", "ftp": "ftp:a.jpg", "s3": "s3://bucket/a.jpg",
+               "data": "data:image/png;base64,iVBORw0KGgo=", "js": "javascript:alert(1)"}  # fmt: skip
+    rows = [("colon", "a:b.jpg"), ("colon_dir", "x:y/c.jpg"), *refused.items()]
+    report = run(write_catalog(folder / "c.csv", rows), tmp_path / "out")
+    assert set(load_prepared(tmp_path / "out").frame["product_code"]) == {"colon", "colon_dir"}
+    assert report.copied == 2
+    assert failures(tmp_path / "out") == {pid: ("url", "unsupported scheme") for pid in refused}
+
+
 def test_allow_local_paths_reads_outside_the_catalog_folder(tmp_path):
     catalog, outside = _local_layout(tmp_path)
     run(catalog, tmp_path / "out", allow_local_paths=True)
@@ -383,12 +411,37 @@ def _cmyk_jpeg() -> bytes:
 # --------------------------------------------------------------------------- splits
 
 
-def test_splits_have_exact_proportions_and_follow_the_seed():
-    ids = [f"id{i}" for i in range(1000)]
+def test_splits_follow_the_fractions_and_the_seed():
+    ids = [f"id{i}" for i in range(10_000)]
     split = assign_splits(ids, (0.8, 0.1, 0.1), seed=0)
-    assert (split.count("train"), split.count("val"), split.count("test")) == (800, 100, 100)
+    # each id draws its own split: counts are binomial (sd 40 and 30 here), not exact
+    assert abs(split.count("train") - 8000) < 200 and abs(split.count("val") - 1000) < 150
+    assert abs(split.count("test") - 1000) < 150
     assert assign_splits(list(reversed(ids)), (0.8, 0.1, 0.1), seed=0) == list(reversed(split))
     assert assign_splits(ids, (0.8, 0.1, 0.1), seed=1) != split
+    assert set(assign_splits(ids, (0.9, 0.1, 0.0))) == {"train", "val"}
+
+
+def test_adding_products_never_moves_an_existing_one_to_another_split():
+    ids = [f"p{i}" for i in range(1000)]
+    before = dict(zip(ids, assign_splits(ids, (0.9, 0.05, 0.05), seed=4), strict=True))
+    grown = ids[:500] + [f"new{i}" for i in range(50)] + ids[500:]
+    after = dict(zip(grown, assign_splits(grown, (0.9, 0.05, 0.05), seed=4), strict=True))
+    assert {pid: after[pid] for pid in ids} == before
+    shrunk = ids[::3]
+    again = assign_splits(shrunk, (0.9, 0.05, 0.05), seed=4)
+    assert again == [before[pid] for pid in shrunk]
+
+
+def test_a_split_is_the_documented_function_of_the_seed_and_id_alone():
+    ids = [f"sku-{i}" for i in range(2000)]
+    fractions = (0.7, 0.2, 0.1)
+    expected = []
+    for pid in ids:
+        digest = hashlib.sha256(f"7\0{pid}".encode()).hexdigest()
+        u = int(digest[:16], 16) / 2**64
+        expected.append("train" if u < 0.7 else "val" if u < 0.7 + 0.2 else "test")
+    assert assign_splits(ids, fractions, seed=7) == expected
 
 
 def test_stratified_splits_are_proportional_per_stratum():

@@ -57,6 +57,26 @@ def test_parse_tolerates_case_spacing_currency_and_end_token():
     )
 
 
+@pytest.mark.parametrize("end", ["<|end|>", "<|endoftext|>", "</s>"])
+def test_parse_stops_at_the_first_end_token(end):
+    parsed = parse_listing(f"Product: Tote, Category: BAGS, Full Price: $1290{end} Product: X, 9")
+    assert parsed.ok and (parsed.title, parsed.category, parsed.price) == ("Tote", "BAGS", 1290.0)
+    cut = parse_listing(f"Product: Tote{end}, Category: BAGS, Full Price: 5")
+    assert cut.title == "Tote" and set(cut.errors) == {"category", "price"}
+
+
+@pytest.mark.parametrize(
+    ("text", "price"),
+    [("Full Price: 1290.", 1290.0), ("Full Price: USD 1,290.00.", 1290.0),
+     ("Full Price: $45.50.<|end|>", 45.5), ("Full Price: 1290.\n", 1290.0)],
+)  # fmt: skip
+def test_parse_accepts_a_final_period_after_the_price(text, price):
+    parsed = parse_listing(f"Product: Tote\nCategory: BAGS\n{text}")
+    assert parsed.ok and parsed.price == price
+    twice = parse_listing("Product: T, Category: B, Full Price: 1290..")
+    assert "not a number" in twice.errors["price"]  # one sentence-ending period, not any dots
+
+
 def test_parse_reports_each_failed_field():
     parsed = parse_listing("Product: Belt, Full Price: cheap")
     assert parsed.title == "Belt" and parsed.category is None and parsed.price is None
@@ -82,13 +102,14 @@ _phrase = st.lists(_word, min_size=1, max_size=5).map(" ".join)
     category=_phrase,
     price=st.integers(min_value=1, max_value=10**7),
     cents=st.integers(0, 99),
+    after_end=st.text(max_size=40),
 )
-def test_parse_inverts_format(title, category, price, cents):
+def test_parse_inverts_format(title, category, price, cents, after_end):
     value = price + cents / 100
     for style in ("chat", "seed"):
         template = PromptTemplate(PromptArgs(style=style))
         _, target = template.conversation({"title": title, "category": category, "price": value})
-        parsed = template.parse(target)
+        parsed = template.parse(target + after_end)  # what follows the end token is ignored
         assert parsed.ok, parsed.errors
         assert (parsed.title, parsed.category) == (title, category)
         assert parsed.price == pytest.approx(value, abs=0.005)

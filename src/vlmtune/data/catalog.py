@@ -16,10 +16,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -41,7 +44,15 @@ _MISSING_MARKERS = {"", "n.a.", "n.a", "na", "n/a", "nan", "none", "null", "-"}
 _CURRENCY = re.compile(r"^(?:[A-Z]{3}|[$€£¥₩₹]|US\$|HK\$|A\$|C\$)\s*|\s*(?:[A-Z]{3}|[$€£¥₩₹])$")
 _NUMBER = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^\d+(?:\.\d+)?$|^\.\d+$")
 _TABLE_SUFFIXES = {".csv", ".tsv", ".gz", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"}
-REJECT_COLUMNS = ["source_row", "id", "stage", "reason"]
+REJECT_COLUMNS = ["source_row", "id", "image", "stage", "reason"]
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_TRUE_VALUES = {"1", "true", "yes", "on"}  # as huggingface_hub reads its variables
+_DEFAULT_ENDPOINT = "https://huggingface.co"
+_PROBE_TIMEOUT = 3.0  # seconds for the hub's TCP connect; a live hub answers in well under that
+_LOCAL_HINT = (
+    "Download the dataset elsewhere and pass a local CSV, Parquet or JSONL file, "
+    "or a folder written by datasets' save_to_disk, as the catalog source."
+)
 
 
 class CatalogError(ValueError):
@@ -81,7 +92,8 @@ class Catalog:
     rows: pd.DataFrame
     """Kept rows, original columns; ``columns.price`` parsed to float, ``columns.id`` as str."""
     rejects: pd.DataFrame
-    """One row per rejected source row: ``source_row`` (0-based), ``id``, ``stage``, ``reason``."""
+    """One row per rejected source row: ``source_row`` (0-based), ``id``, ``image`` (the row's
+    image reference as written, stripped), ``stage``, ``reason``."""
     columns: CatalogColumns = field(default_factory=CatalogColumns)
     source: str = ""
 
@@ -137,7 +149,8 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a raw table: ``.csv``/``.tsv``, ``.parquet``, ``.jsonl``/``.ndjson``, or a ``save_to_disk`` folder.
 
     A string that is not a local path but looks like ``owner/name`` is loaded
-    from the Hugging Face hub with ``datasets`` (fails at once when offline).
+    from the Hugging Face hub with ``datasets`` (from the local cache only when
+    offline; fails within seconds when the hub cannot be reached).
     """
     path = Path(source)
     if path.is_dir():
@@ -183,7 +196,10 @@ def load_catalog(source: str | os.PathLike[str], columns: CatalogColumns | None 
         if reason is None and pid in first_seen:
             reason = f"duplicate id: product id {pid!r} already at row {first_seen[pid]}"
         if reason is not None:
-            rejects.append({"source_row": i, "id": pid, "stage": "catalog", "reason": reason})
+            image = _text(row.get(columns.image))
+            rejects.append(
+                {"source_row": i, "id": pid, "image": image, "stage": "catalog", "reason": reason}
+            )
             continue
         first_seen[pid] = i
         keep.append(i)
@@ -237,20 +253,32 @@ def _read_datasets_folder(path: Path) -> pd.DataFrame:
         raise CatalogError(f"catalog folder {str(path)!r} is not a datasets save_to_disk folder")
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
-    return loaded.to_pandas()
+    return _to_frame(datasets.load_from_disk(str(path)))
 
 
 def _read_hub_dataset(name: str) -> pd.DataFrame:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} or os.environ.get(
-        "HF_DATASETS_OFFLINE", ""
-    ).lower() in {"1", "true", "yes"}:
+    """Load ``owner/name`` with ``datasets``, failing within seconds when the hub cannot be used.
+
+    Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set) only the local datasets
+    cache is read. Online, the hub endpoint gets a short TCP probe first:
+    ``datasets`` would otherwise spend tens of seconds retrying a dead endpoint
+    and then blame a missing local file.
+    """
+    offline = [v for v in _OFFLINE_VARS if os.environ.get(v, "").lower() in _TRUE_VALUES]
+    if offline:
+        cached = _read_cached_dataset(name)
+        if cached is not None:
+            return cached
         raise CatalogError(
-            f"catalog {name!r} is not a local file, and the Hugging Face hub is offline "
-            "(HF_HUB_OFFLINE is set). Download the dataset elsewhere and pass a local CSV, "
-            "Parquet or JSONL file, or a save_to_disk folder."
+            f"catalog {name!r} is not a local file nor in the local datasets cache, and the "
+            f"Hugging Face hub is offline ({offline[0]} is set). {_LOCAL_HINT}"
+        )
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip() or _DEFAULT_ENDPOINT
+    problem = _unreachable(endpoint)
+    if problem:
+        raise CatalogError(
+            f"catalog {name!r} is not a local file, and the Hugging Face hub cannot be reached "
+            f"at {endpoint} ({problem}). {_LOCAL_HINT}"
         )
     import datasets
 
@@ -259,7 +287,46 @@ def _read_hub_dataset(name: str) -> pd.DataFrame:
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
         raise CatalogError(
             f"catalog {name!r} is not a local file and could not be loaded from the Hugging Face "
-            f"hub ({type(err).__name__}: {err}). Pass a local CSV, Parquet or JSONL file instead."
+            f"hub ({type(err).__name__}: {err}). {_LOCAL_HINT}"
         ) from err
+    return _to_frame(loaded)
+
+
+def _read_cached_dataset(name: str) -> pd.DataFrame | None:
+    """``name`` from the local datasets cache without any network access, or None if not cached.
+
+    This is the builder ``datasets.load_dataset`` itself falls back to offline;
+    calling it directly also works when the offline variable was set after
+    ``datasets`` was imported (its own offline flag is read at import).
+    """
+    try:
+        from datasets.packaged_modules.cache.cache import Cache
+
+        builder = Cache(repo_id=name, dataset_name=name.split("/")[-1], version="auto", hash="auto")
+        return _to_frame(builder.as_dataset())
+    except (ValueError, KeyError, OSError, ImportError):  # not cached, or an unreadable cache
+        return None
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why a TCP connection to ``endpoint`` (or the proxy it goes through) fails, or None."""
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return f"HF_ENDPOINT {endpoint!r} has no host"
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname or host, proxy_parts.port or 80
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT):
+            return None
+    except OSError as err:
+        return f"connecting to {host}:{port} failed: {err.strerror or err}"
+
+
+def _to_frame(loaded: Any) -> pd.DataFrame:
+    import datasets
+
     splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
     return pd.concat([split.to_pandas() for split in splits], ignore_index=True)

@@ -11,11 +11,17 @@ the "exponential backoff and jitter" scheme):
 
 - only ``http`` and ``https`` are fetched, including every redirect target;
   redirects are followed by hand up to ``max_redirects``;
+- a redirect whose host is (or resolves to) a link-local or cloud-metadata
+  address (169.254.0.0/16, fe80::/10, AWS's fd00:ec2::254, Alibaba's
+  100.100.100.200) is refused: a catalog may be untrusted, and a redirect to
+  169.254.169.254 is the classic way to make a fetcher read cloud credentials.
+  Loopback and private addresses stay allowed (local mirrors, the tests);
 - connect and read timeouts; timeouts, connection errors (resets, refused
-  connections, truncated bodies), 429 and 5xx are retried up to ``retries``
-  times with ``backoff * 2**attempt`` seconds times a random factor in
-  [0.5, 1.5), capped at ``max_backoff``; a ``Retry-After`` header (seconds or
-  HTTP date) on 429/503 replaces that wait, capped at ``max_retry_after``;
+  connections, truncated bodies), 408, 429 and every 5xx (CDN codes such as
+  520-524 included) are retried up to ``retries`` times with
+  ``backoff * 2**attempt`` seconds times a random factor in [0.5, 1.5), capped
+  at ``max_backoff``; a ``Retry-After`` header (seconds or HTTP date) on such a
+  response replaces that wait, capped at ``max_retry_after``;
 - other 4xx are final at once;
 - the body is streamed and abandoned as soon as it exceeds ``max_bytes``, or
   when it is still arriving after 10 read timeouts (a server sending a byte
@@ -30,7 +36,9 @@ Every failure reason starts with a short kind followed by a colon (``http 404:``
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import random
+import socket
 import threading
 import time
 import urllib.request
@@ -52,9 +60,13 @@ __all__ = [
 
 ALLOWED_SCHEMES = ("http", "https")
 _REDIRECTS = {301, 302, 303, 307, 308}
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+_RETRY_4XX = {408, 429}  # request timeout, too many requests: worth another try
 _CHUNK = 64 * 1024
 _BODY_TIMEOUTS = 10  # a whole body may take at most this many read timeouts
+_FORBIDDEN_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32")
+)  # link-local (where AWS, GCP, Azure and OpenStack serve metadata) and two metadata hosts
 
 
 @dataclass
@@ -64,7 +76,7 @@ class DownloadPolicy:
     timeout: float = 10.0
     """Connect timeout and read timeout (seconds between bytes), each."""
     retries: int = 3
-    """Extra attempts after the first on timeouts, connection errors, 429 and 5xx."""
+    """Extra attempts after the first on timeouts, connection errors, 408, 429 and 5xx."""
     backoff: float = 0.5
     """Base wait in seconds before retry ``k`` (``backoff * 2**k``, times a jitter in [0.5, 1.5))."""
     max_backoff: float = 30.0
@@ -247,7 +259,7 @@ class Fetcher:
             if location is None:
                 return
             target = urljoin(current, location)
-            refused = check_url(target)
+            refused = check_url(target) or _forbidden_host(target)
             if refused:
                 raise _Final(f"bad redirect: {current} redirects to {target!r}; {refused}")
             current = target
@@ -367,7 +379,7 @@ def _raise_for_status(response: requests.Response, max_retry_after: float) -> No
     if status < 400 and status not in _REDIRECTS:
         return
     label = f"http {status}: {response.reason or 'error'}"
-    if status in _RETRY_STATUS:
+    if 500 <= status < 600 or status in _RETRY_4XX:
         wait = parse_retry_after(response.headers.get("Retry-After"))
         if wait is not None:
             label += f" (Retry-After {wait:g} s, waited at most {max_retry_after:g} s)"
@@ -375,6 +387,31 @@ def _raise_for_status(response: requests.Response, max_retry_after: float) -> No
     if status in _REDIRECTS:
         raise _Final(f"bad redirect: http {status} without a Location header", status)
     raise _Final(label, status)
+
+
+def _forbidden_host(url: str) -> str | None:
+    """Why a redirect to ``url`` is refused (its host is a link-local/metadata address), or None.
+
+    The host is resolved so that a name or an odd spelling (``2852039166``,
+    ``0xa9.254.169.254``) of such an address is caught too; a host that does
+    not resolve is left to the request, which then fails as a connection error.
+    """
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if any(address in network for network in _FORBIDDEN_NETWORKS):
+            return (
+                f"forbidden address: {parts.hostname!r} is the link-local or cloud-metadata "
+                f"address {address} (refused: a catalog may be untrusted)"
+            )
+    return None
 
 
 def _root_cause(err: BaseException) -> str:

@@ -2,7 +2,12 @@
 
 :func:`process_image` accepts bytes only when Pillow can both ``verify`` them
 and fully decode them, after the declared size has been checked against a
-pixel limit (a decompression bomb is refused before it is decoded). The
+pixel limit (a decompression bomb is refused before it is decoded; 40
+megapixels by default, below Pillow's own 89.5 MP warning, because many
+workers decode at once and a 40 MP RGB image already takes 120 MB). Only the
+common photo formats (:data:`IMAGE_FORMATS`) are ever handed to a decoder:
+catalog images are untrusted bytes, and Pillow's rarer parsers (PSD, EPS,
+FITS...) are a larger attack surface than any product photo needs. The
 result is RGB (transparency composited on white, EXIF orientation applied),
 optionally downsized so that its longer side is at most ``max_side``. A JPEG
 that needs no change is kept byte for byte; anything else is re-encoded (JPEG
@@ -15,7 +20,8 @@ ids therefore never share a name (not even on a case-insensitive file system,
 since the hash part differs), and no id can name a path outside its folder.
 
 Rejection reasons start with a kind: ``empty:``, ``html:``, ``not an image:``,
-``decompression bomb:``, ``truncated image:``, ``corrupt image:``.
+``unsupported format:``, ``decompression bomb:``, ``truncated image:``,
+``corrupt image:``.
 """
 
 from __future__ import annotations
@@ -23,21 +29,25 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
     "ImageRejected",
     "ProcessedImage",
     "process_image",
     "safe_stem",
 ]
 
-DEFAULT_MAX_PIXELS = (
-    89_478_485  # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
-)
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Images declaring more pixels are refused before decoding (Pillow's own limit is 89.5 MP)."""
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""Pillow formats that may be decoded. MPO, the multi-picture JPEG of many cameras, is opened
+by Pillow's JPEG format (which has no separate ``MPO`` entry to list)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HTML_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body")
 _STEM_CHARS = 80
@@ -79,7 +89,12 @@ def process_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int | None = None,
 ) -> ProcessedImage:
-    """Check ``data`` and return it as an RGB image file; raise :class:`ImageRejected` with the reason."""
+    """Check ``data`` and return it as an RGB image file; raise :class:`ImageRejected` with the reason.
+
+    ``max_pixels`` is the decompression-bomb limit (width x height declared in
+    the header, :data:`DEFAULT_MAX_PIXELS` by default); ``max_side`` the
+    longest side kept (larger images are downsized), None to keep the size.
+    """
     if not data:
         raise ImageRejected("empty: the body has no bytes")
     if _looks_like_html(data):
@@ -111,19 +126,42 @@ def _looks_like_html(data: bytes) -> bool:
 def _check_header(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
     """Identify the format and size from the header alone; refuse bombs before decoding."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             fmt, size = probe.format or "unknown", probe.size
             _check_pixels(size, max_pixels)
             probe.verify()
     except Image.DecompressionBombError as err:
         raise ImageRejected(f"decompression bomb: {err}") from err
     except UnidentifiedImageError as err:
-        raise ImageRejected(f"not an image: Pillow cannot identify the {len(data)} bytes") from err
+        raise ImageRejected(_unidentified_reason(data)) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         if isinstance(err, ImageRejected):
             raise
         raise ImageRejected(_damage_reason(err)) from err
     return fmt, size
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """``unsupported format:`` when another Pillow format claims the header, else ``not an image:``.
+
+    Only each plugin's header test runs (a prefix comparison), never its parser.
+    """
+    Image.init()
+    prefix = data[:16]  # what Image.open itself hands to the header tests
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        if fmt in IMAGE_FORMATS:
+            continue  # an allowed format that Image.open could not read is just not an image
+        try:
+            claimed = accept(prefix) if accept else False
+        except (IndexError, TypeError, SyntaxError, struct.error):  # as Image.open tolerates them
+            claimed = False
+        if claimed and not isinstance(claimed, str):  # a str is a warning, not a match
+            allowed = ", ".join(IMAGE_FORMATS)
+            return (
+                f"unsupported format: the header looks like {fmt}, which is not decoded "
+                f"(allowed: {allowed})"
+            )
+    return f"not an image: Pillow cannot identify the {len(data)} bytes"
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -139,7 +177,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 def _decode(data: bytes) -> Image.Image:
     """Fully decode ``data`` (``verify`` alone does not catch a truncated JPEG)."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         image.load()
     except Image.DecompressionBombError as err:
         raise ImageRejected(f"decompression bomb: {err}") from err

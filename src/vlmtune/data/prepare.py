@@ -23,9 +23,11 @@ resumable and accounts for every row:
 
 Stages of ``failures.csv``: ``catalog`` (row unusable in the catalog itself),
 ``url`` (reference refused before any I/O: unsupported scheme, malformed URL,
-absolute or escaping local path), ``download`` (HTTP failure), ``local``
+absolute or escaping local path; a relative name with a colon such as
+``a:b.jpg`` is a path, not a scheme), ``download`` (HTTP failure), ``local``
 (local file missing, unreadable or too large), ``image`` (bytes are not a
-usable image: HTML, truncated, corrupt, decompression bomb), ``store``
+usable image: HTML, a format other than the common photo formats,
+truncated, corrupt, decompression bomb), ``store``
 (writing the image failed). Each reason starts with a kind and a colon.
 """
 
@@ -79,6 +81,10 @@ IMAGES_DIR = "images"
 JOURNAL = ".prepare_journal.jsonl"
 LOCK = ".prepare.lock"
 _STORED_NAME = re.compile(r"^[A-Za-z0-9._-]*-[0-9a-f]{16}\.(jpg|png)$")
+# URL schemes commonly written without "//" after the colon; any other "name:rest" without
+# "//" is a relative file name that happens to contain a colon.
+_SCHEMES_WITHOUT_SLASHES = {"file", "data", "javascript", "vbscript", "mailto", "about", "blob",
+                            "ftp", "ftps", "sftp", "gopher", "tel", "urn", "news", "jar"}  # fmt: skip
 
 
 class PrepareError(ValueError):
@@ -102,7 +108,7 @@ class PrepareArgs:
     timeout: float = 10.0
     """Connect timeout and read timeout, in seconds, each."""
     retries: int = 3
-    """Extra attempts on timeouts, connection errors, 429 and 5xx (never on other 4xx)."""
+    """Extra attempts on timeouts, connection errors, 408, 429 and 5xx (never on other 4xx)."""
     backoff: float = 0.5
     """Base of the exponential backoff between attempts, in seconds (jittered)."""
     max_retry_after: float = 60.0
@@ -114,7 +120,7 @@ class PrepareArgs:
     max_side: int | None = None
     """Downsize images whose longer side exceeds this many pixels (None keeps the size)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
-    """Images with more pixels are refused as decompression bombs (Pillow's limit by default)."""
+    """Images with more pixels are refused as decompression bombs (40 megapixels by default)."""
     split: str | list[float] = "0.9,0.05,0.05"
     """Train, val, test fractions: ``"0.9,0.05,0.05"`` or a list of three numbers summing to 1."""
     stratify: str | None = None
@@ -369,12 +375,23 @@ def _classify(ref: str, folder: Path | None, allow_local: bool) -> _Job:
     if scheme in ALLOWED_SCHEMES:
         refusal = check_url(ref)
         return _refused(job, refusal) if refusal else _Job(ref, [], "url", ref)
-    drive_letter = len(scheme) == 1 and os.name == "nt"
-    if scheme and not drive_letter:
+    if _is_url(ref, scheme):
         return _refused(
             job, f"unsupported scheme: {scheme!r} (only http and https URLs are fetched)"
         )
     return _classify_path(job, ref, folder, allow_local)
+
+
+def _is_url(ref: str, scheme: str) -> bool:
+    """Whether ``ref`` is a URL of another scheme rather than a local path with a colon in it.
+
+    ``a:b.jpg`` parses with the scheme ``a`` but names a file; a reference is a
+    URL when ``//`` follows its scheme (``ftp://``, ``s3://``) or when the scheme
+    is one that is written without it (``file:``, ``data:``, ``javascript:``...).
+    """
+    if not scheme or (len(scheme) == 1 and os.name == "nt"):  # C:\... is a drive letter
+        return False
+    return ref[len(scheme) + 1 :].startswith("//") or scheme in _SCHEMES_WITHOUT_SLASHES
 
 
 def _classify_path(job: _Job, ref: str, folder: Path | None, allow_local: bool) -> _Job:
@@ -651,7 +668,7 @@ def _failures(catalog: Catalog, results: dict[int, _RowResult], refs: list[Any])
         {
             "source_row": int(r.source_row),
             "id": r.id,
-            "url": "",
+            "url": r.image,
             "stage": r.stage,
             "reason": r.reason,
         }

@@ -39,6 +39,8 @@ FIELD_LABELS: dict[str, str] = {"title": "Product", "category": "Category", "pri
 """The listing's fields, in the default order, with their labels."""
 
 _SPECIAL = re.compile(r"<\|[a-z_0-9]+\|>|</?s>")
+_END_TOKENS = re.compile(r"<\|end\|>|<\|endoftext\|>|</s>")
+"""Tokens that end a generated answer (Phi-3's end of turn and end of text, Llama's ``</s>``)."""
 
 
 @dataclass
@@ -153,14 +155,17 @@ def parse_listing(
 ) -> ParsedListing:
     """Parse ``Product: ..., Category: ..., Full Price: ...`` from generated text.
 
+    The text ends at the first end token (``<|end|>``, ``<|endoftext|>``,
+    ``</s>``): whatever a model writes after it is not part of the answer.
     Labels are matched case-insensitively with any spacing around the colon,
     in any order; a value runs to the next label (its separating comma dropped)
-    or to the end. Special tokens such as ``<|end|>`` are ignored. Prices may
-    carry currency symbols or codes and thousands separators. Every expected
-    field that is missing, empty or (for the price) not a positive number is
-    named in ``errors`` with the reason.
+    or to the end. Other special tokens become spaces. Prices may carry
+    currency symbols or codes, thousands separators and a sentence's final
+    period (``Full Price: 1290.``). Every expected field that is missing, empty
+    or (for the price) not a positive number is named in ``errors`` with the
+    reason.
     """
-    clean = _SPECIAL.sub(" ", text)
+    clean = _SPECIAL.sub(" ", _END_TOKENS.split(text, maxsplit=1)[0])
     spans = _label_spans(clean, fields)
     result = ParsedListing()
     ordered = sorted(spans.items(), key=lambda item: item[1][0])
@@ -193,7 +198,7 @@ def _set_field(result: ParsedListing, name: str, value: str) -> None:
         result.errors[name] = f"{FIELD_LABELS[name]!r} is empty"
     elif name == "price":
         try:
-            result.price = parse_price(value)
+            result.price = parse_price(value.removesuffix("."))  # "...: 1290." ends a sentence
         except PriceError as err:
             result.errors[name] = str(err)
     else:

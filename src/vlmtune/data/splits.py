@@ -1,14 +1,27 @@
 """Deterministic train/val/test splits from product ids.
 
-Each id gets a key, the SHA-256 of ``"{seed}\\0{id}"``; the rows of a stratum
-(all rows, or the rows sharing a value of the stratify column) are ordered by
-that key and cut into train, val and test in the requested proportions
-(largest-remainder rounding, so the counts add up exactly). Nothing depends on
-the row order, the process, the machine or Python's hash seed: the same
-catalog and seed always give the same split. When a split with a non-zero
-fraction would come out empty while there are enough rows, the train row with
-the smallest key moves to it, so a small demo catalog still has a val and a
-test row.
+Each id gets a key, the SHA-256 of ``"{seed}\\0{id}"``. Nothing depends on the
+row order, the process, the machine or Python's hash seed: the same catalog
+and seed always give the same split. There are two ways to cut:
+
+- **Without a stratify column** (the default), an id's split comes from its own
+  key alone: the key's first 64 bits, read as a number ``u`` in [0, 1), are
+  compared with the cumulative fractions (``u < train`` -> train, ``u < train +
+  val`` -> val, else test). Adding rows to a catalog, or removing some, never
+  moves another product to another split, so a catalog that grows between two
+  ``prepare`` runs cannot leak earlier training rows into val or test. The
+  price is that the counts are only close to ``n * fraction`` (binomial
+  spread), not exact.
+- **With a stratify column**, the rows of each stratum are ordered by key and
+  cut in the requested proportions (largest-remainder rounding, so each
+  stratum's counts add up exactly). This trades the stability above for exact
+  proportions: adding rows to a stratum can move its rows near a cut to the
+  neighbouring split.
+
+Either way, when a split with a non-zero fraction would come out empty while
+there are enough rows, the train row with the smallest key moves to it, so a
+small demo catalog still has a val and a test row. Only such tiny catalogs
+(a split with zero rows) can see a product change split when rows are added.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from collections.abc import Sequence
 __all__ = ["SPLITS", "assign_splits", "parse_split_fractions"]
 
 SPLITS = ("train", "val", "test")
+_UNIT_BITS = 64  # bits of the key read as the number in [0, 1)
 
 
 def parse_split_fractions(value: str | Sequence[float]) -> tuple[float, float, float]:
@@ -54,28 +68,59 @@ def assign_splits(
     seed: int = 0,
     strata: Sequence[object] | None = None,
 ) -> list[str]:
-    """Split name (``train``/``val``/``test``) for each of ``ids``, in the same order."""
+    """Split name (``train``/``val``/``test``) for each of ``ids``, in the same order.
+
+    Without ``strata`` each id's split depends on that id and ``seed`` only
+    (counts close to, not exactly, ``len(ids) * fractions``); with ``strata``
+    each stratum gets the exact proportions. See the module docstring.
+    """
     if strata is not None and len(strata) != len(ids):
         raise ValueError(f"strata has {len(strata)} values for {len(ids)} ids")
     keys = [_key(i, seed) for i in ids]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for row, stratum in enumerate(strata if strata is not None else [""] * len(ids)):
-        groups[str(stratum)].append(row)
-    out = [""] * len(ids)
-    for rows in groups.values():
-        rows.sort(key=keys.__getitem__)
-        counts = _counts(len(rows), fractions)
-        start = 0
-        for name, count in zip(SPLITS, counts, strict=True):
-            for row in rows[start : start + count]:
-                out[row] = name
-            start += count
+    if strata is None:
+        out = [_split_of(_unit(key), fractions) for key in keys]
+    else:
+        out = _ranked_splits(keys, strata, fractions)
     _fill_empty(out, keys, fractions)
     return out
 
 
 def _key(product_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}\0{product_id}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _unit(key: str) -> float:
+    """The key's first 64 bits as a number in [0, 1)."""
+    return int(key[: _UNIT_BITS // 4], 16) / 2**_UNIT_BITS
+
+
+def _split_of(u: float, fractions: tuple[float, float, float]) -> str:
+    """The split whose cumulative-fraction interval holds ``u``."""
+    wanted = [(name, f) for name, f in zip(SPLITS, fractions, strict=True) if f > 0]
+    edge = 0.0
+    for name, fraction in wanted[:-1]:
+        edge += fraction
+        if u < edge:
+            return name
+    return wanted[-1][0]  # the last non-empty split takes the rest (fractions sum to 1 +- 1e-6)
+
+
+def _ranked_splits(
+    keys: list[str], strata: Sequence[object], fractions: tuple[float, float, float]
+) -> list[str]:
+    """Order each stratum's rows by key and cut them in exact proportions."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for row, stratum in enumerate(strata):
+        groups[str(stratum)].append(row)
+    out = [""] * len(keys)
+    for rows in groups.values():
+        rows.sort(key=keys.__getitem__)
+        start = 0
+        for name, count in zip(SPLITS, _counts(len(rows), fractions), strict=True):
+            for row in rows[start : start + count]:
+                out[row] = name
+            start += count
+    return out
 
 
 def _counts(n: int, fractions: tuple[float, float, float]) -> list[int]:

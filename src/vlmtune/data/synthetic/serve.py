@@ -38,6 +38,13 @@ class ImageServer:
     port: int
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # prepare opens 16 or more connections at once; socketserver's default listen backlog
+    # of 5 drops the other SYNs, which the kernel resends only after a second
+    request_queue_size = 128
+
+
 @contextmanager
 def serve_directory(
     folder: str | Path, host: str = "127.0.0.1", port: int = 0
@@ -47,8 +54,7 @@ def serve_directory(
     if not root.is_dir():
         raise FileNotFoundError(f"cannot serve {str(folder)!r}: not a folder")
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = _Server((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, name="vlmtune-serve", daemon=True)
     thread.start()
     try:
