@@ -115,6 +115,12 @@ def test_report_holds_every_section(report_data: ReportData):
     assert "Base model" in page and "Baseline: Mean price" in page
     assert "Price MAPE" in page and "an unread price counts as 100 % error" in page
     assert page.count('<svg class="curve"') == 2  # loss/eval_loss, eval_parse_rate
+    rows = dict(re.findall(r'<tr class="sample" data-index="(\d+)"(.*?)</tr>', page, re.S))
+    right, wrong = rows["1"], rows["2"]  # Wool Scarf all right; "Bag" in scarves: both wrong
+    assert re.search(r'field ok"[^>]*><b>Product:</b> Wool Scarf', right)
+    assert re.search(r'field ok"[^>]*><b>Category:</b> scarves', right)
+    assert re.search(r'field bad"[^>]*><b>Product:</b> Bag', wrong)
+    assert re.search(r'field bad"[^>]*><b>Category:</b> scarves', wrong)
 
 
 def test_report_escapes_generated_text(tmp_path: Path, report_data: ReportData):
@@ -180,6 +186,9 @@ def test_report_renders_and_sorts_in_headless_chromium(tmp_path: Path, report_da
     )
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     with Image.open(shot) as image:
-        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
-    assert colors is None or len(colors) > 50  # a rendered page, not a blank canvas
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 24)
+    assert len(colors) > 50  # a rendered page, not a blank canvas
+    painted = {rgb for _, rgb in colors}
+    # right fields on green, wrong ones on red, as the browser paints them
+    assert (0xDC, 0xF2, 0xE0) in painted and (0xF9, 0xDE, 0xDE) in painted
     json.dumps(report_data.metrics)  # metrics stay JSON-serialisable

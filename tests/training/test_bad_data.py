@@ -78,3 +78,18 @@ def test_an_unreadable_validation_image_does_not_stop_training(tiny_inputs, tmp_
     assert result.model_dir is not None and (tmp_path / "run" / "checkpoint-2").is_dir()
     [evaluation] = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval_n" in e]
     assert evaluation["eval_skipped_images"] == 1 and evaluation["eval_n"] == 3
+
+
+def test_bad_images_before_and_during_training_count_against_one_limit(
+    tiny_inputs, truncated_data, tmp_path
+):
+    data, _, victim = truncated_data
+    missing = next(p for p in load_prepared(data, "train").image_paths() if p != victim)
+    missing.unlink()  # left out before training; the truncated one is found while training
+    rows = len(load_prepared(data, "train"))
+    config = tiny_inputs.config(tmp_path / "run", max_steps=9, save_steps=100)
+    config.data.path = data
+    config.data.max_bad_image_fraction = 1.5 / rows  # one bad image passes, two do not
+    with pytest.raises(BadImagesError, match=rf"2 of {rows} training images") as stopped:
+        train(config)
+    assert missing.name in str(stopped.value) and victim.name in str(stopped.value)

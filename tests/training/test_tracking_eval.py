@@ -88,7 +88,9 @@ def test_wandb_goes_offline_without_an_api_key_and_logs_the_table(
     assert {"image", "image_path", "generated"} <= set(columns)
     # The photos travel with the run (staged as table media), named by their file.
     photo = Path(table["data"][0][columns.index("image_path")])
-    assert photo.name.encode() in next(offline[0].glob("run-*.wandb")).read_bytes()
+    record = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert photo.name.encode() in record
+    assert b"t-model" in record, "the final model is logged as a W&B artifact"
     assert "WANDB_MODE" not in os.environ, "the tracker environment is restored after the run"
 
     # W&B reads its environment once per session: a second run in this process must still

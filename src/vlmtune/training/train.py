@@ -145,6 +145,7 @@ def _setup(
         callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl")],
         generation_eval=generation_eval,
         max_bad_image_fraction=config.data.max_bad_image_fraction,
+        bad_before_training=[s for s in datasets.left_out if s.reason == "bad_image"],
     )
     trainer.remove_callback(PrinterCallback)  # MetricsJsonlCallback logs the events instead
     return trainer, summary
@@ -322,11 +323,14 @@ class VlmTrainer(Trainer):
         *args: Any,
         generation_eval: GenerationEval | None = None,
         max_bad_image_fraction: float = 1.0,
+        bad_before_training: list[SkippedSample] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.generation_eval = generation_eval
         self.max_bad_image_fraction = max_bad_image_fraction
+        # rows already left out for a bad image count against the same limit
+        self._bad_before = list(bad_before_training or [])
         self._skipped: dict[str, SkippedSample] = {}
 
     # ---- batches
@@ -376,8 +380,11 @@ class VlmTrainer(Trainer):
 
     def _check_bad_images(self) -> None:
         bad = [s for s in self._skipped.values() if s.reason == "bad_image"]
-        total = len(self.train_dataset)
-        if bad and len(bad) / total > self.max_bad_image_fraction:
+        if not bad:
+            return
+        bad = self._bad_before + bad
+        total = len(self.train_dataset) + len(self._bad_before)
+        if len(bad) / total > self.max_bad_image_fraction:
             raise BadImagesError(
                 bad_images_message(
                     [(s.image_path, s.detail) for s in bad], total, self.max_bad_image_fraction
