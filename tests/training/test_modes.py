@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,10 @@ def test_an_unknown_lora_target_is_named(tiny_inputs):
         _counts(tiny_inputs, "lora", LoraArgs(language_model=[]))
 
 
-def test_qlora_deepspeed_and_mlflow_fail_clearly_on_this_machine(tiny_inputs, tmp_path):
+def test_qlora_deepspeed_and_mlflow_fail_clearly_on_this_machine(
+    tiny_inputs, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed
     for train_args, message in (
         ({"mode": "qlora"}, "qlora needs the bitsandbytes package and a CUDA GPU"),
         ({"deepspeed": CONFIGS / "deepspeed_zero2.json"}, "needs the deepspeed package"),

@@ -107,6 +107,19 @@ def test_tensorboard_writes_event_files(tiny_inputs, tmp_path):
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_mlflow_logs_into_a_file_store_in_the_run_folder(tiny_inputs, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="mlflow-skinny is a dev extra: pip install -e .[dev]")
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(key, raising=False)
+    run = tmp_path / "run"
+    train(tiny_inputs.config(run, max_steps=2, report_to="mlflow", wandb_project="catalog"))
+    [loss] = list((run / "mlruns").glob("*/*/metrics/loss"))
+    assert len(loss.read_text().split("\n")) >= 2, "one loss line per logged step"
+    [experiment] = [p for p in (run / "mlruns").glob("*/meta.yaml") if "catalog" in p.read_text()]
+    assert experiment.parent == loss.parents[2]
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "the tracker environment is restored"
+
+
 def test_tracking_environment_is_scoped(tmp_path):
     env = {"KEEP": "1"}
     with tracking_environment("mlflow", tmp_path, "proj", env) as updates:
@@ -114,5 +127,9 @@ def test_tracking_environment_is_scoped(tmp_path):
             env["MLFLOW_TRACKING_URI"].startswith("file:")
             and env["MLFLOW_EXPERIMENT_NAME"] == "proj"
         )
-        assert updates.keys() == {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"}
+        assert updates.keys() == {
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_EXPERIMENT_NAME",
+            "MLFLOW_ALLOW_FILE_STORE",
+        }
     assert env == {"KEEP": "1"}

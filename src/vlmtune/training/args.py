@@ -178,7 +178,7 @@ class TrainArgs:
     report_to: Literal["wandb", "tensorboard", "mlflow", "none"] = "none"
     """Experiment tracker; metrics.jsonl is always written."""
     wandb_project: str = "vlmtune"
-    """Weights & Biases project."""
+    """Weights & Biases project (also the MLflow experiment name unless MLFLOW_EXPERIMENT_NAME is set)."""
     run_name: str | None = None
     """Tracker run name (default: the run folder's name)."""
     dataloader_workers: int = 0

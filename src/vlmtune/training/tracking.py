@@ -101,10 +101,15 @@ def _tracker_variables(
     if report_to == "tensorboard":
         return {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
     if report_to == "mlflow":
-        return {
+        variables = {
             "MLFLOW_TRACKING_URI": env.get("MLFLOW_TRACKING_URI", (run_dir / "mlruns").as_uri()),
             "MLFLOW_EXPERIMENT_NAME": env.get("MLFLOW_EXPERIMENT_NAME", project),
         }
+        if "MLFLOW_TRACKING_URI" not in env:
+            # the local file store of the run folder; MLflow 3 refuses it unless told (it
+            # prefers a database), and a file store needs no server or extra package
+            variables["MLFLOW_ALLOW_FILE_STORE"] = env.get("MLFLOW_ALLOW_FILE_STORE", "true")
+        return variables
     return {}
 
 
