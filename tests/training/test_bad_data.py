@@ -15,14 +15,21 @@ from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.train import LengthGroupedSampler, _setup, train
 
 
-@pytest.fixture()
-def truncated_data(tiny_inputs, tmp_path):
-    """A copy of the dataset where one training image keeps its header but loses its pixels."""
+def _truncated_copy(tiny_inputs, tmp_path, split: str):
+    """A copy of the dataset where the first image of ``split`` keeps its header but loses its
+    pixels: (folder, that split, the truncated file)."""
     data = tmp_path / "data"
     shutil.copytree(tiny_inputs.data, data)
-    prepared = load_prepared(data, "train")
+    prepared = load_prepared(data, split)
     victim = prepared.image_paths()[0]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return data, prepared, victim
+
+
+@pytest.fixture()
+def truncated_data(tiny_inputs, tmp_path):
+    """A copy of the dataset where one training image is truncated: (folder, its id, the file)."""
+    data, prepared, victim = _truncated_copy(tiny_inputs, tmp_path, "train")
     return data, str(prepared.frame.iloc[0][prepared.columns.id]), victim
 
 
@@ -64,11 +71,7 @@ def test_group_by_length_uses_the_datasets_exact_lengths(tiny_inputs, tmp_path):
 
 
 def test_an_unreadable_validation_image_does_not_stop_training(tiny_inputs, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_inputs.data, data)
-    val = load_prepared(data, "val")
-    victim = val.image_paths()[0]
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    data, val, _ = _truncated_copy(tiny_inputs, tmp_path, "val")
     config = tiny_inputs.config(tmp_path / "run", max_steps=2, eval_steps=2, save_steps=2)
     config.data.path = data
     generation = make_generation_eval(
