@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from vlmtune.cli.main import main
+from vlmtune.cli.train import generation_eval_for
+from vlmtune.models.loading import load_model_and_processor
+from vlmtune.training.args import TrainConfig
 from vlmtune.training.callbacks import read_metrics
+from vlmtune.utils.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = [
@@ -105,3 +109,25 @@ def test_configuration_errors_exit_2_with_the_key(inputs, tmp_path, capsys):
     assert "model.path (--model)" in capsys.readouterr().err
     assert _train(inputs, tmp_path / "z", "qlora.yaml") == 2
     assert "bitsandbytes" in capsys.readouterr().err
+
+
+def test_the_training_evaluation_generates_as_configured(inputs):
+    ckpt, data = inputs
+    model, processor = load_model_and_processor(ckpt)
+
+    def generated(max_new_tokens: int) -> list[str]:
+        overrides = [f"train.eval_max_new_tokens={max_new_tokens}", "data.eval_limit=3"]
+        config = load_config(
+            TrainConfig,
+            CONFIGS / "demo.yaml",
+            [*overrides, "train.eval_generation_batch_size=2"],
+            values={"model.path": ckpt, "data.path": data, "train.output_dir": "unused"},
+        )
+        metrics, rows = generation_eval_for(config)(model, processor)
+        assert metrics["n"] == len(rows) >= 1
+        return [row["generated"] for row in rows]
+
+    short, long = generated(2), generated(12)
+    assert all(len(a) < len(b) for a, b in zip(short, long, strict=True)), (short, long)
+    with pytest.raises(ConfigError, match="eval_max_new_tokens"):
+        load_config(TrainConfig, None, ["train.eval_max_new_tokens=0"])

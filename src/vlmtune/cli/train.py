@@ -13,6 +13,7 @@ from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
 from vlmtune.data.dataset import BadImagesError
 from vlmtune.data.prepared import PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptTemplate
+from vlmtune.evaluation.args import GenerationArgs
 from vlmtune.evaluation.evaluate import make_generation_eval
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.train import GenerationEval, NonFiniteLossError, TrainResult, train
@@ -97,7 +98,13 @@ def command(
 def generation_eval_for(cfg: TrainConfig) -> GenerationEval:
     """Generation metrics on the eval subset (price error, category accuracy, title match)."""
     dataset = load_prepared(cfg.data.path, cfg.data.eval_split)
-    return make_generation_eval(dataset, PromptTemplate(cfg.data.prompt), limit=cfg.data.eval_limit)
+    gen = GenerationArgs(
+        max_new_tokens=cfg.train.eval_max_new_tokens,
+        batch_size=cfg.train.eval_generation_batch_size,
+    )
+    return make_generation_eval(
+        dataset, PromptTemplate(cfg.data.prompt), gen, limit=cfg.data.eval_limit
+    )
 
 
 def _headline(result: TrainResult) -> dict[str, Any]:

@@ -163,6 +163,10 @@ class TrainArgs:
     """Log the training loss every N optimizer steps."""
     eval_steps: int | None = 100
     """Evaluate every N steps (None or 0: never during training)."""
+    eval_max_new_tokens: int = 64
+    """Most tokens each listing may take in the generation metrics of an evaluation."""
+    eval_generation_batch_size: int = 8
+    """Images per ``generate`` call in the generation metrics of an evaluation."""
     save_steps: int = 100
     """Write a checkpoint every N steps."""
     save_total_limit: int | None = 3
@@ -194,6 +198,10 @@ class TrainArgs:
             "grad_accum": self.grad_accum,
         }
         positive |= {"logging_steps": self.logging_steps, "save_steps": self.save_steps}
+        positive |= {
+            "eval_max_new_tokens": self.eval_max_new_tokens,
+            "eval_generation_batch_size": self.eval_generation_batch_size,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name}: {value} must be at least 1")
