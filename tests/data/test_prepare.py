@@ -39,7 +39,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vlmtune.data.images import safe_stem
-from vlmtune.data.prepare import FAILURE_COLUMNS, PrepareArgs, PrepareError, prepare_dataset
+from vlmtune.data.prepare import (
+    FAILURE_COLUMNS,
+    PrepareArgs,
+    PrepareError,
+    check_unique_stems,
+    prepare_dataset,
+)
 from vlmtune.data.prepared import load_prepared
 from vlmtune.data.splits import assign_splits, parse_split_fractions
 
@@ -321,6 +327,12 @@ def test_unsafe_product_ids_never_escape_images_folder(tmp_path):
         assert STORED_NAME.match(path.name) and len(path.name) <= 101
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "out"]
     assert sorted(p.name for p in (tmp_path / "cat").iterdir()) == ["c.parquet"]
+
+
+def test_two_ids_sharing_a_file_name_stop_prepare_naming_both():
+    check_unique_stems(["a", "b", "c"])  # the real stems differ
+    with pytest.raises(PrepareError, match=r"'a' and 'b' map to the same image file name 'x'"):
+        check_unique_stems(["a", "b"], stem=lambda product_id: "x")
 
 
 @settings(max_examples=80, deadline=None)

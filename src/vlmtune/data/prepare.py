@@ -70,6 +70,7 @@ __all__ = [
     "PrepareArgs",
     "PrepareError",
     "PrepareReport",
+    "check_unique_stems",
     "prepare_dataset",
 ]
 
@@ -276,6 +277,7 @@ def prepare_dataset(args: PrepareArgs) -> PrepareReport:
     catalog = load_catalog(args.source, args.columns)
     rows = catalog.rows
     ids = rows[args.columns.id].astype(str).tolist()
+    check_unique_stems(ids)
     splits = assign_splits(ids, tuple(args.split), args.seed, _strata(rows, args.stratify))
     out = _prepare_out(args.out)
     with _exclusive(out):
@@ -301,6 +303,23 @@ def prepare_dataset(args: PrepareArgs) -> PrepareReport:
 
 
 # --------------------------------------------------------------------------- set-up
+
+
+def check_unique_stems(ids: list[str], stem: Callable[[str], str] = safe_stem) -> None:
+    """Raise :class:`PrepareError` if two product ids would share an image file name.
+
+    The stem carries 64 bits of the id's SHA-256, so this never fires in practice; checking
+    makes "one file per product" a guarantee rather than a probability.
+    """
+    seen: dict[str, str] = {}
+    for product_id in ids:
+        name = stem(product_id)
+        other = seen.setdefault(name, product_id)
+        if other != product_id:
+            raise PrepareError(
+                f"product ids {other!r} and {product_id!r} map to the same image file name "
+                f"{name!r}; rename one of them in the catalog"
+            )
 
 
 def _prepare_out(out: Path) -> Path:
