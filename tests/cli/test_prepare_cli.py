@@ -92,6 +92,47 @@ def test_prepare_command_reads_yaml_config_and_overrides(tmp_path):
     assert sorted(data.frame["split"]) == ["test", "train", "train", "val"]
 
 
+def test_image_and_split_flags_reach_the_run(tmp_path):
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    refs = []
+    for i in range(8):
+        Image.new("RGB", (64, 48), (30 * i, 0, 0)).save(folder / f"{i}.jpg")
+        refs.append((f"s{i}", f"{i}.jpg"))
+    outside = tmp_path / "elsewhere.jpg"  # an absolute path, refused unless allowed
+    Image.new("RGB", (64, 48), (0, 0, 200)).save(outside)
+    refs.append(("abs", str(outside)))
+    noise = Image.frombytes("RGB", (200, 200), os.urandom(200 * 200 * 3))
+    noise.save(folder / "big.png")  # ~120 KB: over --max-bytes
+    refs.append(("big", "big.png"))
+    catalog = _catalog(folder / "c.csv", refs)
+    frame = pd.read_csv(catalog)
+    frame["category3_code"] = ["CAPS", "BAGS"] * 4 + ["OTHER"] * 2
+    frame.to_csv(catalog, index=False)
+
+    def prepare(out: str, *flags: str) -> pd.DataFrame:
+        args = ["prepare", "--source", str(catalog), "--out", str(tmp_path / out), "--no-progress"]
+        assert main([*args, "--max-side", "32", "--max-bytes", "60000", *flags]) == 0
+        return pd.read_csv(tmp_path / out / "failures.csv", dtype=str).set_index("id")
+
+    failures = prepare("refused")
+    assert failures.loc["abs", "stage"] == "url" and failures.loc["big", "stage"] == "local"
+    failures = prepare("allowed", "--allow-local-paths", "--stratify", "category3_code",
+                       "--split", "0.5,0.25,0.25")  # fmt: skip
+    assert list(failures.index) == ["big"]
+    data = load_prepared(tmp_path / "allowed").frame.set_index("product_code")
+    assert "abs" in data.index and max(data["image_width"].max(), data["image_height"].max()) == 32
+    counts = data[data["category3_code"] != "OTHER"].groupby(["category3_code", "split"]).size()
+    assert counts.to_dict() == {
+        ("BAGS", "test"): 1,
+        ("BAGS", "train"): 2,
+        ("BAGS", "val"): 1,
+        ("CAPS", "test"): 1,
+        ("CAPS", "train"): 2,
+        ("CAPS", "val"): 1,
+    }  # fmt: skip  (4 rows each at 0.5/0.25/0.25: exact per stratum)
+
+
 def test_missing_source_is_a_configuration_error(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path / "out")]) == 2
     assert "source is required" in capsys.readouterr().err

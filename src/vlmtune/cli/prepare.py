@@ -45,7 +45,7 @@ def command(
         None, "--timeout", help="Connect and read timeout in seconds (default 10)."
     ),
     retries: int | None = typer.Option(
-        None, "--retries", help="Retries on timeouts, connection errors, 429, 5xx (default 3)."
+        None, "--retries", help="Retries on timeouts, connection errors, 408, 429, 5xx (default 3)."
     ),
     max_bytes: int | None = typer.Option(
         None, "--max-bytes", help="Largest image in bytes (default 20000000)."
@@ -54,7 +54,7 @@ def command(
         None, "--max-side", help="Downsize images whose longer side exceeds this."
     ),
     max_pixels: int | None = typer.Option(
-        None, "--max-pixels", help="Refuse images with more pixels (bomb limit)."
+        None, "--max-pixels", help="Refuse images with more pixels (bomb limit, default 40000000)."
     ),
     split: str | None = typer.Option(
         None, "--split", help="Train,val,test fractions (default 0.9,0.05,0.05)."
