@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,31 @@ def test_bad_images_above_the_allowed_fraction_stop_with_the_list(inputs, tmp_pa
 def test_collator_rejects_a_missing_pad_id():
     with pytest.raises(ValueError, match="pad_token_id"):
         VisionSFTCollator(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("style", ["chat", "seed"])
+def test_with_the_real_phi3_tokenizer_a_sample_is_the_whole_conversation_tokenized(inputs, style):
+    """SentencePiece writes ``Product`` after ``<|assistant|>`` but ``▁Product`` alone: the
+    answer's ids must be the in-context ones, as the official processor gives them."""
+    golden = Path(
+        os.environ.get("VLMTUNE_GOLDEN_DIR") or Path(__file__).parents[3] / "shared/golden/phi3v"
+    )
+    if not (golden / "checkpoint" / "tokenizer.json").is_file():
+        pytest.skip(f"the real Phi-3-V tokenizer is not at {golden}/checkpoint (golden vectors)")
+    data, _ = inputs
+    processor = Phi3VProcessor.from_pretrained(golden / "checkpoint", num_crops=1)
+    ds = _dataset(data, processor, style=style)
+    ex = ds[0]
+    prompt, answer = ds.template.conversation(
+        record_from_row(ds.frame.iloc[0], ds.columns), processor.tokenizer
+    )
+    with Image.open(ds.image_path(0)) as image:
+        whole = processor(
+            text=[prompt + answer], images=[[image.convert("RGB")]], return_tensors="pt"
+        )
+    assert torch.equal(ex["input_ids"], whole["input_ids"][0])
+    target = ex["labels"][ex["labels"] != IGNORE_INDEX].tolist()
+    assert processor.tokenizer.convert_ids_to_tokens(target[:1]) == ["Product"]
+    assert target[-1] == processor.tokenizer.convert_tokens_to_ids(END_TOKEN) == 32007
+    assert processor.tokenizer.decode(target[:-1]) == answer.removesuffix(END_TOKEN)
+    assert ds.token_counts()["label_tokens"][0] == len(target)

@@ -126,7 +126,9 @@ def command(
     n: int | None = typer.Option(None, "--n", help="Products to synthesise (default 1500)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of every stage (default 0)."),
     quick: bool = typer.Option(
-        False, "--quick", help="~15 s (240 products, 40 steps): proves every stage, not the quality."
+        False,
+        "--quick",
+        help="~15 s (240 products, 40 steps): proves every stage, not the quality.",
     ),
     config: Path | None = CONFIG_OPTION,
     overrides: list[str] | None = OVERRIDES_ARGUMENT,

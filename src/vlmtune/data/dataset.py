@@ -6,7 +6,13 @@ built in the same pass, as nanochat's ``render_conversation`` does:
 
 * prompt ids come from the processor (``processor(text=[prompt], images=[[image]])``),
   which expands the image tag into negative placeholder ids ``-k``;
-* answer ids come from the tokenizer (``answer + "<|end|>"``, no special tokens added);
+* answer ids (``answer + "<|end|>"``) are the tokens the tokenizer gives them *after the
+  prompt*, not alone: a SentencePiece tokenizer such as the real Phi-3's writes a first
+  word alone as ``▁Product`` but after ``<|assistant|>`` as ``Product``. The prompt's text
+  after its last image tag is tokenized in front of each answer and its ids cut off again,
+  so a sample's ids are those of the whole conversation tokenized at once (what the
+  official processor gives); a tokenizer that merges tokens across that boundary falls
+  back to the answer tokenized alone;
 * labels are ``-100`` over the prompt and the image placeholders and equal the
   ids over the answer and its end token, so only what the model must write is
   trained on and no negative id can reach the loss.
@@ -20,6 +26,7 @@ never imports the model package.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +44,7 @@ __all__ = [
     "BadImagesError",
     "SkippedSample",
     "VisionSFTDataset",
+    "answer_ids",
     "bad_images_message",
     "check_images",
     "drop_bad_images",
@@ -44,6 +52,7 @@ __all__ = [
 
 IGNORE_INDEX = -100
 """Label value ignored by the loss (prompt, image placeholders, padding)."""
+_IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
 
 
 class BadImagesError(RuntimeError):
@@ -94,13 +103,16 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         self._frame = frame.reset_index(drop=True)
         tokenizer = self.processor.tokenizer
         # Plain per-row values, read once: pandas row access would dominate __getitem__'s time.
+        records = self._frame.to_dict("records")
+        answers = [
+            self.template.conversation(record_from_row(row, self.columns), tokenizer)[1]
+            for row in records
+        ]
         self._rows = [
-            (
-                str(row[self.columns.id]),
-                str(row["local_image_path"]),
-                self.template.conversation(record_from_row(row, self.columns), tokenizer)[1],
+            (str(row[self.columns.id]), str(row["local_image_path"]), answer, ids)
+            for row, answer, ids in zip(
+                records, answers, answer_ids(tokenizer, self._prompt, answers), strict=True
             )
-            for row in self._frame.to_dict("records")
         ]
         self._counts: dict[str, list[int]] | None = None
 
@@ -130,21 +142,25 @@ class VisionSFTDataset(torch.utils.data.Dataset):
                     sample_id, str(path), "bad_image", f"{type(err).__name__}: {err}"
                 )
             }
-        example = self.encode(image, self.answer(index))
+        example = self.encode(image, self._rows[index][3])
         length = int(example["input_ids"].shape[0])
         if length > self.max_length:
             detail = f"{length} tokens > max_length {self.max_length}"
             return {"skipped": SkippedSample(sample_id, str(path), "too_long", detail)}
         return {**example, "sample_id": sample_id, "image_path": str(path)}
 
-    def encode(self, image: Image.Image, answer: str) -> dict[str, torch.Tensor]:
-        """Ids, labels and pixels of one (image, answer) pair; labels are -100 outside the answer."""
+    def encode(self, image: Image.Image, answer: str | list[int]) -> dict[str, torch.Tensor]:
+        """Ids, labels and pixels of one (image, answer) pair; labels are -100 outside the answer.
+
+        ``answer``: the target text (answer + ``<|end|>``) or its ids (see :func:`answer_ids`).
+        """
         inputs = self.processor(text=[self._prompt], images=[[image]], return_tensors="pt")
         prompt_ids = inputs["input_ids"][0].long()
-        answer_ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        answer_ids = torch.tensor(answer_ids, dtype=torch.long)
-        input_ids = torch.cat([prompt_ids, answer_ids])
-        labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids])
+        if isinstance(answer, str):
+            answer = answer_ids(self.processor.tokenizer, self._prompt, [answer])[0]
+        target = torch.tensor(answer, dtype=torch.long)
+        input_ids = torch.cat([prompt_ids, target])
+        labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target])
         return {
             "input_ids": input_ids,
             "labels": labels,
@@ -166,12 +182,7 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         """
         if self._counts is None:
             prompt = self._prompt_counts()
-            answers = [self.answer(i) for i in range(len(self))]
-            answer_ids = (
-                self.processor.tokenizer(answers, add_special_tokens=False)["input_ids"]
-                if answers
-                else []
-            )
+            answer_ids = [row[3] for row in self._rows]
             sizes = [
                 (int(w), int(h))
                 for w, h in zip(self.frame["image_width"], self.frame["image_height"], strict=True)
@@ -228,6 +239,28 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         if counts is not None:
             clone._counts = {key: [values[i] for i in indices] for key, values in counts.items()}
         return clone
+
+
+def answer_ids(tokenizer: Any, prompt: str, answers: Sequence[str]) -> list[list[int]]:
+    """Token ids of each answer as they come out after ``prompt`` (see the module docstring).
+
+    The processor tokenizes the text after the last image tag as one chunk, so that text
+    (``\nWhat is shown in this image?<|end|>\n<|assistant|>\n``) is put in front of each
+    answer and its ids removed; if the joint ids do not start with them, the tokenizer merged
+    across the boundary and the answer is tokenized alone.
+    """
+    if not answers:
+        return []
+    tail = _IMAGE_TAG.split(prompt)[-1]
+    head = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    joint = tokenizer([tail + a for a in answers], add_special_tokens=False)["input_ids"]
+    out = []
+    for answer, ids in zip(answers, joint, strict=True):
+        if ids[: len(head)] == head:
+            out.append(list(ids[len(head) :]))
+        else:
+            out.append(list(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+    return out
 
 
 def check_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
