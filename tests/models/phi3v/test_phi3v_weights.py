@@ -199,3 +199,11 @@ def test_golden_checkpoint_saves_back_with_the_official_keys(tmp_path, golden):
         config["img_processor"] == original["img_processor"]
         and config["embd_layer"] == original["embd_layer"]
     )
+
+
+def test_from_pretrained_uses_sdpa_in_both_towers_unless_told(saved):
+    default = Phi3VForCausalLM.from_pretrained(saved)
+    eager = Phi3VForCausalLM.from_pretrained(saved, attn_implementation="eager")
+    for model, impl in ((default, "sdpa"), (eager, "eager")):
+        assert model.model.config._attn_implementation == impl, "decoder"
+        assert model.vision_tower.config._attn_implementation == impl, "CLIP tower"
