@@ -279,3 +279,20 @@ def test_preview_argument_writes_the_sheet(tmp_path: Path) -> None:
         SynthArgs(out=tmp_path / "c", n=30, image_size=SMALL, preview=tmp_path / "p.png")
     )
     assert Image.open(io.BytesIO((tmp_path / "p.png").read_bytes())).format == "PNG"
+
+
+def test_contact_sheet_is_a_6x4_grid_of_the_first_photos_with_their_text(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    generate_catalog(SynthArgs(out=folder, n=30, image_size=SMALL, broken_frac=0.0, workers=1))
+    sheet = np.asarray(Image.open(write_contact_sheet(folder, tmp_path / "sheet.png")))
+    thumb_w, thumb_h, text_h, gap = 180, 225, 40, 8  # 112x140 photos keep their aspect
+    assert sheet.shape == (4 * (thumb_h + text_h + gap) + gap, 6 * (thumb_w + gap) + gap, 3)
+    with open(folder / "catalog.csv", newline="", encoding="utf-8") as handle:
+        products = [row["product_code"] for row in csv.DictReader(handle)][:24]
+    for k, product in enumerate(products):
+        x, y = gap + (k % 6) * (thumb_w + gap), gap + (k // 6) * (thumb_h + text_h + gap)
+        with Image.open(folder / "images" / f"{product}.jpg") as photo:
+            expected = np.asarray(photo.convert("RGB").resize((thumb_w, thumb_h), Image.BICUBIC))
+        assert np.array_equal(sheet[y : y + thumb_h, x : x + thumb_w], expected), product
+        text = sheet[y + thumb_h : y + thumb_h + text_h, x : x + thumb_w]
+        assert (text < 100).any(axis=-1).sum() > 50, f"{product}: title and price are drawn"
