@@ -266,3 +266,18 @@ def test_stop_event_ends_a_backoff_wait(server):
 def test_policy_validates_its_fields(field, value):
     with pytest.raises(ValueError, match=field):
         DownloadPolicy(**{field: value})
+
+
+def test_http_proxy_of_the_environment_is_used_unless_no_proxy_exempts_the_host(
+    server, monkeypatch
+):
+    # The fault server plays the proxy: a proxied request names the whole URL in its path.
+    image = jpeg_bytes((1, 2, 3))
+    server.add("http://catalog.invalid/a.jpg", ok(image))
+    monkeypatch.setenv("HTTP_PROXY", server.base_url.rstrip("/"))
+    monkeypatch.setenv("NO_PROXY", "exempt.invalid")
+    with _fetcher(retries=0) as fetcher:
+        assert fetcher.fetch("http://catalog.invalid/a.jpg").data == image
+        exempt = fetcher.fetch("http://exempt.invalid/a.jpg")  # direct: the name cannot resolve
+    assert server.paths() == ["http://catalog.invalid/a.jpg"]
+    assert not exempt.ok and exempt.reason.startswith("connection error")
