@@ -41,3 +41,11 @@ def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_atomic_write_bytes_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = atomic_write_bytes(tmp_path / "img.jpg", b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "text, not bytes")  # fails inside the write
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["img.jpg"]

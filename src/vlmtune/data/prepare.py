@@ -61,7 +61,7 @@ from vlmtune.data.images import (
 )
 from vlmtune.data.prepared import DATASET_INFO
 from vlmtune.data.splits import SPLITS, assign_splits, parse_split_fractions
-from vlmtune.utils.io import atomic_path, atomic_write_json
+from vlmtune.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 from vlmtune.utils.logging import get_logger
 
 __all__ = [
@@ -647,8 +647,7 @@ def _store(row: int, image: ProcessedImage, how: str, ctx: _Context) -> _RowResu
     """Write ``image`` as ``images/<safe stem of the id><ext>`` atomically."""
     rel = f"{IMAGES_DIR}/{safe_stem(ctx.ids[row])}{image.extension}"
     try:
-        with atomic_path(ctx.out / rel) as tmp:
-            tmp.write_bytes(image.data)
+        atomic_write_bytes(ctx.out / rel, image.data)
     except OSError as err:
         return _RowResult(row, stage="store", reason=f"write failed: {rel}: {err.strerror or err}")
     stored = _Stored(rel, hashlib.sha256(image.data).hexdigest(), image.width, image.height)

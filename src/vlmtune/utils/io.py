@@ -9,14 +9,18 @@ sibling temporary file guarantees.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+_SERIAL = itertools.count()  # with the pid and thread: a temporary name no other writer uses
 
 
 @contextlib.contextmanager
@@ -46,10 +50,34 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``target`` atomically; return the target path."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-    return Path(target)
+    """Write ``data`` to ``target`` atomically; return the target path.
+
+    One descriptor does the whole write: the temporary file is created exclusively
+    with mode ``0o666`` (the kernel applies the umask: the usual file mode), written,
+    fsynced, closed and renamed onto ``target``. That is half the system calls of
+    :func:`atomic_path`, which matters where a file is written per image.
+    """
+    target = Path(target)
+    tmp = target.with_name(
+        f".{target.name[:64]}.{os.getpid()}-{threading.get_ident()}-{next(_SERIAL)}.tmp"
+    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return target
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
