@@ -149,16 +149,14 @@ class VisionSFTDataset(torch.utils.data.Dataset):
             return {"skipped": SkippedSample(sample_id, str(path), "too_long", detail)}
         return {**example, "sample_id": sample_id, "image_path": str(path)}
 
-    def encode(self, image: Image.Image, answer: str | list[int]) -> dict[str, torch.Tensor]:
+    def encode(self, image: Image.Image, target_ids: list[int]) -> dict[str, torch.Tensor]:
         """Ids, labels and pixels of one (image, answer) pair; labels are -100 outside the answer.
 
-        ``answer``: the target text (answer + ``<|end|>``) or its ids (see :func:`answer_ids`).
+        ``target_ids``: the answer + ``<|end|>`` as :func:`answer_ids` tokenizes it.
         """
         inputs = self.processor(text=[self._prompt], images=[[image]], return_tensors="pt")
         prompt_ids = inputs["input_ids"][0].long()
-        if isinstance(answer, str):
-            answer = answer_ids(self.processor.tokenizer, self._prompt, [answer])[0]
-        target = torch.tensor(answer, dtype=torch.long)
+        target = torch.tensor(target_ids, dtype=torch.long)
         input_ids = torch.cat([prompt_ids, target])
         labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target])
         return {

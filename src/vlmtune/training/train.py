@@ -53,6 +53,7 @@ from vlmtune.training.tracking import (
 )
 from vlmtune.training.trainer_state import (
     OPTIMIZER_FILE,
+    SCALER_FILE,
     SCHEDULER_FILE,
     TrainerStateError,
     load_json_state,
@@ -84,7 +85,6 @@ GenerationEval = Callable[[Any, Any], tuple[dict[str, float], list[dict[str, Any
 """(model, processor) -> (metrics by name, one row per evaluated sample); injected by the CLI."""
 
 TRAINING_ARGS_FILE = "training_args.bin"
-SCALER_FILE = "scaler.json"
 _LISTED = 200  # skipped samples listed by name in train_summary.json
 
 

@@ -34,6 +34,7 @@ from vlmtune.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
     "OPTIMIZER_FILE",
+    "SCALER_FILE",
     "SCHEDULER_FILE",
     "TrainerStateError",
     "load_optimizer_state",
@@ -47,6 +48,7 @@ __all__ = [
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 SCHEDULER_FILE = "scheduler.json"
+SCALER_FILE = "scaler.json"
 
 
 class TrainerStateError(RuntimeError):

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,51 +31,26 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     is removed and ``target`` is left as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent
-    )
+    tmp, fd = _new_temporary(target)
     os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with _committed(tmp, target):
         yield tmp
         _fsync_file(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``target`` atomically; return the target path.
 
-    One descriptor does the whole write: the temporary file is created exclusively
-    with mode ``0o666`` (the kernel applies the umask: the usual file mode), written,
-    fsynced, closed and renamed onto ``target``. That is half the system calls of
-    :func:`atomic_path`, which matters where a file is written per image.
+    One descriptor does the whole write (create, write, fsync, close, rename): half
+    the system calls of :func:`atomic_path`, which matters where a file is written
+    per image.
     """
     target = Path(target)
-    tmp = target.with_name(
-        f".{target.name[:64]}.{os.getpid()}-{threading.get_ident()}-{next(_SERIAL)}.tmp"
-    )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(tmp, flags, 0o666)
-    except FileNotFoundError:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    tmp, fd = _new_temporary(target)
+    with _committed(tmp, target), os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return target
 
 
@@ -91,10 +65,33 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any, indent: int = 2)
     return atomic_write_text(target, text + "\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temporary(target: Path) -> tuple[Path, int]:
+    """Create ``.NAME.<pid>-<thread>-<n>.tmp`` beside ``target``; return it and its open descriptor.
+
+    Created exclusively with mode ``0o666``, so the kernel applies the umask and the file
+    gets the usual mode; the name is unique per process, thread and call.
+    """
+    tmp = target.with_name(
+        f".{target.name[:64]}.{os.getpid()}-{threading.get_ident()}-{next(_SERIAL)}.tmp"
+    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        return tmp, os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return tmp, os.open(tmp, flags, 0o666)
+
+
+@contextlib.contextmanager
+def _committed(tmp: Path, target: Path) -> Iterator[None]:
+    """Rename ``tmp`` onto ``target`` when the block succeeds; remove ``tmp`` when it fails."""
+    try:
+        yield
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def _fsync_file(path: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModel, GenerationMixin, Phi3Model
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -334,8 +335,8 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
         ``cache``: the KV cache (``past_key_values``, its name before transformers 5.2x, is
         accepted too).
         """
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
-        kwargs.pop("past_key_values", None)
+        legacy = kwargs.pop("past_key_values", None)  # the name before transformers 5.2x
+        cache = cache if cache is not None else legacy
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -373,8 +374,8 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, cache=None, **kwargs):
         """Images only on the prefill step; like transformers' Phi3, drop a cache built with the
         short RoPE factors when the sequence first crosses ``original_max_position_embeddings``."""
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
-        kwargs.pop("past_key_values", None)
+        legacy = kwargs.pop("past_key_values", None)  # the name before transformers 5.2x
+        cache = cache if cache is not None else legacy
         limit = getattr(self.config, "original_max_position_embeddings", None)
         crossing = limit and input_ids.shape[1] >= limit + 1
         if cache is not None and crossing and cache.get_seq_length() <= limit:
@@ -530,29 +531,32 @@ def _cache_output_field() -> str:
 def _check_placeholder_runs(input_ids: torch.Tensor, feature_counts: list[int]) -> None:
     """Check that each sample's placeholders are runs of ``-1, -2, ...`` (one run per image, in
     order) and that each run is as long as its image's features; images are taken in order
-    across the batch. Raises ``ValueError`` naming the sample, the image and both numbers."""
-    image = 0
-    for sample, row in enumerate(input_ids):
-        where = torch.nonzero(row < 0).flatten()
-        if not where.numel():
-            continue
-        values = row[where]
-        breaks = (where[1:] != where[:-1] + 1) | (values[1:] != values[:-1])
-        starts = torch.cat([where.new_zeros(1), torch.nonzero(breaks).flatten() + 1])
-        lengths = torch.diff(torch.cat([starts, where.new_tensor([where.numel()])]))
-        for k, (start, length) in enumerate(
-            zip(starts.tolist(), lengths.tolist(), strict=True), start=1
-        ):
-            found = -int(values[start])
-            if found != k:
-                raise ValueError(
-                    f"sample {sample}: placeholder run {k} holds id {-found}, expected {-k} "
-                    f"(<|image_{k}|>)"
-                )
-            if image >= len(feature_counts) or length != feature_counts[image]:
-                expected = feature_counts[image] if image < len(feature_counts) else 0
-                raise ValueError(
-                    f"sample {sample}: image {k} has {length} placeholder tokens but its "
-                    f"features are {expected} tokens"
-                )
-            image += 1
+    across the batch. Raises ``ValueError`` naming the sample, the image and both numbers.
+
+    The runs of the whole batch are found with tensor ops and read back in one transfer
+    (sample, image number, length per run), so the check costs one host sync per forward.
+    """
+    width = input_ids.shape[1] + 1
+    flat = F.pad(input_ids, (0, 1)).flatten()  # a 0 after each row ends its last run there
+    where = torch.nonzero(flat < 0).flatten()
+    values = flat[where]
+    new_run = torch.ones_like(where, dtype=torch.bool)
+    new_run[1:] = (where[1:] != where[:-1] + 1) | (values[1:] != values[:-1])
+    starts = torch.nonzero(new_run).flatten()
+    lengths = torch.diff(starts, append=starts.new_tensor([where.numel()]))
+    runs = torch.stack([where[starts] // width, -values[starts], lengths], dim=1).tolist()
+    previous = (-1, 0)  # (sample, image number) of the run before
+    for image, (sample, found, length) in enumerate(runs):
+        k = previous[1] + 1 if sample == previous[0] else 1
+        previous = (sample, k)
+        if found != k:
+            raise ValueError(
+                f"sample {sample}: placeholder run {k} holds id {-found}, expected {-k} "
+                f"(<|image_{k}|>)"
+            )
+        expected = feature_counts[image] if image < len(feature_counts) else 0
+        if length != expected:
+            raise ValueError(
+                f"sample {sample}: image {k} has {length} placeholder tokens but its "
+                f"features are {expected} tokens"
+            )
