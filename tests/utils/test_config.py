@@ -107,3 +107,26 @@ def test_typed_values_are_checked_like_any_other():
         load_config(Root, None, values={"train.steps": "x"})
     with pytest.raises(ConfigError, match=r"unknown key 'train.stpes'"):
         load_config(Root, None, values={"train.stpes": 3})
+
+
+def test_flag_fields_carry_their_names_and_docstrings():
+    import dataclasses
+    from dataclasses import dataclass
+
+    from vlmtune.utils.config import FLAG, field_docs, flag
+
+    @dataclass
+    class Args:
+        out: Path | None = flag("--out", "-o", default=None)
+        """Folder to write.
+
+        Second paragraph."""
+        tags: list[str] = flag("--tag", default_factory=list)
+        """Tags."""
+        plain: int = 3
+
+    fields = {f.name: f for f in dataclasses.fields(Args)}
+    assert fields["out"].metadata[FLAG]["names"] == ("--out", "-o")
+    assert "plain" not in {n for n, f in fields.items() if FLAG in f.metadata}
+    assert Args().tags == [] and Args().out is None
+    assert field_docs(Args) == {"out": "Folder to write.\n\nSecond paragraph.", "tags": "Tags."}

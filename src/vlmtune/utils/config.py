@@ -12,8 +12,12 @@ as YAML, except for string and path fields, whose text is kept as typed.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -22,13 +26,17 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from vlmtune.utils.errors import UserError
 from vlmtune.utils.io import atomic_write_text
 
 __all__ = [
+    "FLAG",
     "ConfigError",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "field_docs",
+    "flag",
     "load_config",
     "parse_overrides",
     "save_config",
@@ -37,7 +45,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key or value is not allowed; the message names the key."""
 
 
@@ -139,6 +147,54 @@ def save_config(obj: Any, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically); it loads back with :func:`load_config`."""
     text = yaml.safe_dump(config_to_dict(obj), sort_keys=False, allow_unicode=True)
     return atomic_write_text(path, text)
+
+
+FLAG = "vlmtune.flag"
+"""Key of a field's ``metadata`` holding its command-line names (see :func:`flag`)."""
+
+
+def flag(*names: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING,
+         argument: bool = False) -> Any:  # fmt: skip
+    """A dataclass field that is also a command-line option (or, with ``argument``, a positional).
+
+    The field is declared once: its name is the YAML key and the dotted override,
+    ``names`` are its flags (``"--out", "-o"``; a boolean may give ``"--progress/--no-progress"``),
+    its docstring is the help text and its default the documented default. The CLI
+    generates the option from this; nothing repeats it.
+    """
+    return dataclasses.field(
+        default=default,
+        default_factory=default_factory,
+        metadata={FLAG: {"names": tuple(names), "argument": argument}},
+    )
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass ``cls`` (and its bases), by field name.
+
+    Read from the class's source (the attribute-docstring convention of litgpt's
+    ``args.py``); a class whose source is unavailable gives ``{}``.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 # --------------------------------------------------------------------------- helpers
