@@ -14,12 +14,12 @@ from vlmtune.training.build import (
     build_model,
     load_processor,
     parameter_counts,
-    resolve_dtype,
     weights_dtype,
 )
 from vlmtune.training.preflight import PreflightError, check_backends, preflight_summary
 from vlmtune.training.train import train, training_arguments
 from vlmtune.utils.config import ConfigError, load_config
+from vlmtune.utils.devices import resolve_dtype
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

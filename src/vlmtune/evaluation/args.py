@@ -16,9 +16,7 @@ from typing import Literal
 from vlmtune.data.catalog import CatalogColumns
 from vlmtune.data.prompts import PromptArgs
 
-__all__ = ["DTYPES", "EvalArgs", "GenerationArgs", "PredictArgs"]
-
-DTYPES = ("float32", "bfloat16", "float16")
+__all__ = ["EvalArgs", "GenerationArgs", "PredictArgs"]
 
 
 @dataclass

@@ -37,6 +37,7 @@ from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics, score_
 from vlmtune.evaluation.report import ReportData, find_training_log, read_training_log, write_report
 from vlmtune.models.loading import load_model_and_processor
 from vlmtune.utils.config import config_to_dict
+from vlmtune.utils.devices import torch_dtype
 from vlmtune.utils.io import atomic_path, atomic_write_json
 from vlmtune.utils.logging import get_logger
 from vlmtune.utils.seeding import seed_everything
@@ -255,7 +256,7 @@ def _evaluate_path(
     template: PromptTemplate,
     train: PreparedDataset | None,
 ) -> EvalResult:
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    dtype = torch_dtype(args.dtype) if args.dtype else None
     log.info(
         "evaluating the %s %s on %d row(s) of %s/%s",
         role,

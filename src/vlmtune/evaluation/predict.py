@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image, ImageOps
 
 from vlmtune.data.catalog import CatalogColumns
@@ -25,6 +24,7 @@ from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import GenerationArgs, PredictArgs
 from vlmtune.evaluation.generate import check_image, generate_listings
 from vlmtune.models.loading import load_model_and_processor
+from vlmtune.utils.devices import torch_dtype
 from vlmtune.utils.io import atomic_path
 from vlmtune.utils.logging import get_logger
 from vlmtune.utils.seeding import seed_everything
@@ -154,7 +154,7 @@ def run_predict(args: PredictArgs) -> PredictResult:
         log.warning("skipped %s: %s", path, reason)
     rows: list[dict[str, Any]] = []
     if paths:
-        dtype = getattr(torch, args.dtype) if args.dtype else None
+        dtype = torch_dtype(args.dtype) if args.dtype else None
         model, processor = load_model_and_processor(args.model, dtype=dtype, device=args.device)
         rows = predict_images(model, processor, paths, PromptTemplate(args.prompt), args.generation)
     rows += [_row(path, reason) for path, reason in problems]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
+from vlmtune.utils.devices import default_dtype, resolve_device
 
 __all__ = ["ModelLocation", "load_model_and_processor", "resolve_model_dir"]
 
@@ -71,10 +72,8 @@ def load_model_and_processor(
     ``dtype`` defaults to float32 on CPU and bfloat16 on a GPU that supports it.
     """
     location = resolve_model_dir(path)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:
-        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if bf16_ok else torch.float32
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    dtype = dtype if dtype is not None else default_dtype(device)
     weights_dir = location.base_dir or location.model_dir
     model = Phi3VForCausalLM.from_pretrained(
         weights_dir, torch_dtype=dtype, attn_implementation=attn_implementation

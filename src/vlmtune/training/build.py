@@ -29,6 +29,7 @@ from vlmtune.data.prompts import PromptTemplate
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.training.args import DataArgs, LoraArgs, ModelArgs, TrainArgs
 from vlmtune.utils.config import ConfigError
+from vlmtune.utils.devices import resolve_dtype
 from vlmtune.utils.logging import get_logger
 
 __all__ = [
@@ -41,22 +42,12 @@ __all__ = [
     "lora_target_modules",
     "parameter_counts",
     "quantize_language_model_4bit",
-    "resolve_dtype",
     "weights_dtype",
 ]
 
 log = get_logger(__name__)
 
 COMPONENTS = ("vision_tower", "projector", "language_model")
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """``auto``: bfloat16 on a CUDA device that supports it, float32 otherwise."""
-    if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def weights_dtype(model_args: ModelArgs, train_args: TrainArgs) -> torch.dtype:

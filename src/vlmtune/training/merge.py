@@ -20,6 +20,7 @@ import torch
 
 from vlmtune.models.loading import load_model_and_processor, resolve_model_dir
 from vlmtune.utils.config import ConfigError
+from vlmtune.utils.devices import DTYPE_NAMES, torch_dtype
 from vlmtune.utils.logging import get_logger
 
 __all__ = ["ADAPTER_CONFIG", "adapter_dir_of", "merge_adapter"]
@@ -27,8 +28,6 @@ __all__ = ["ADAPTER_CONFIG", "adapter_dir_of", "merge_adapter"]
 log = get_logger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def adapter_dir_of(source: str | Path) -> Path:
@@ -56,7 +55,7 @@ def merge_adapter(
     adapter_dir, out = adapter_dir_of(source), Path(out)
     location = resolve_model_dir(adapter_dir)
     merged, processor = load_model_and_processor(adapter_dir, dtype=torch.float32, device="cpu")
-    target_dtype = _DTYPES.get(dtype) or _checkpoint_dtype(location.base_dir)
+    target_dtype = torch_dtype(dtype) if dtype != "auto" else _checkpoint_dtype(location.base_dir)
     merged = merged.to(target_dtype)
     merged.config.dtype = target_dtype  # recorded as torch_dtype in config.json
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,4 +82,4 @@ def merge_adapter(
 def _checkpoint_dtype(base_dir: Path | None) -> torch.dtype:
     config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     name = config.get("torch_dtype") or config.get("dtype") or "float32"
-    return _DTYPES.get(str(name), torch.float32)
+    return torch_dtype(name) if str(name).removeprefix("torch.") in DTYPE_NAMES else torch.float32

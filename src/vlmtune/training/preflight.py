@@ -21,9 +21,10 @@ import torch
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import IGNORE_INDEX
 from vlmtune.training.args import TrainConfig
-from vlmtune.training.build import Datasets, parameter_counts, resolve_dtype
+from vlmtune.training.build import Datasets, parameter_counts
 from vlmtune.training.tracking import check_tracker_available
 from vlmtune.utils.config import ConfigError
+from vlmtune.utils.devices import dtype_name, resolve_dtype
 from vlmtune.utils.logging import get_logger
 
 __all__ = ["PreflightError", "check_backends", "preflight_summary"]
@@ -82,7 +83,7 @@ def preflight_summary(
     summary = {
         "mode": config.train.mode,
         "parameters": params,
-        "precision": str(resolve_dtype(config.model.dtype)).removeprefix("torch."),
+        "precision": dtype_name(resolve_dtype(config.model.dtype)),
         "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "train_samples": len(datasets.train),
         "eval_samples": len(datasets.eval) if datasets.eval is not None else 0,

@@ -41,7 +41,6 @@ from vlmtune.training.build import (
     build_datasets,
     build_model,
     load_processor,
-    resolve_dtype,
 )
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
 from vlmtune.training.preflight import check_backends, preflight_summary
@@ -65,6 +64,7 @@ from vlmtune.training.trainer_state import (
     save_rng_state,
 )
 from vlmtune.utils.config import ConfigError, save_config
+from vlmtune.utils.devices import resolve_dtype
 from vlmtune.utils.io import atomic_write_json
 from vlmtune.utils.logging import get_logger
 from vlmtune.utils.seeding import seed_everything
