@@ -14,6 +14,7 @@ import pytest
 
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset
 from vlmtune.data.synthetic.generate import SynthArgs, generate_catalog
+from vlmtune.models.phi3v import Phi3VForCausalLM
 from vlmtune.training.args import DataArgs, ModelArgs, TrainArgs, TrainConfig
 from vlmtune.training.init_model import InitModelArgs, init_model
 
@@ -77,3 +78,17 @@ def build_tiny_inputs(root: Path, n: int = 40) -> TinyInputs:
 @pytest.fixture(scope="session")
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> TinyInputs:
     return build_tiny_inputs(tmp_path_factory.mktemp("tiny-train"))
+
+
+@pytest.fixture()
+def count_models(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ``Phi3VForCausalLM`` built from now on (loads included)."""
+    built: list[int] = []
+    original = Phi3VForCausalLM.__init__
+
+    def counting(self: Phi3VForCausalLM, *args: object, **kwargs: object) -> None:
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Phi3VForCausalLM, "__init__", counting)
+    return built

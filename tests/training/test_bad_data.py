@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from vlmtune.data.dataset import BadImagesError
 from vlmtune.data.prepared import load_prepared
@@ -12,7 +13,7 @@ from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import GenerationArgs
 from vlmtune.evaluation.evaluate import make_generation_eval
 from vlmtune.training.callbacks import read_metrics
-from vlmtune.training.train import LengthGroupedSampler, _setup, train
+from vlmtune.training.train import _setup, train
 
 
 def _truncated_copy(tiny_inputs, tmp_path, split: str):

@@ -41,7 +41,7 @@ def test_generation_metrics_are_logged_as_eval_metrics(tiny_inputs, tmp_path):
         train(config)  # the same metric without a generation evaluation
 
 
-def test_best_checkpoint_is_kept_and_becomes_the_final_model(tiny_inputs, tmp_path):
+def test_best_checkpoint_is_kept_and_becomes_the_final_model(tiny_inputs, tmp_path, count_models):
     run = tmp_path / "run"
     # greater_is_better on the loss makes the first evaluation the best one, so best != last
     config = tiny_inputs.config(
@@ -49,6 +49,7 @@ def test_best_checkpoint_is_kept_and_becomes_the_final_model(tiny_inputs, tmp_pa
         metric_for_best="eval_loss", greater_is_better=True, learning_rate=3e-3,
     )  # fmt: skip
     result = train(config)
+    assert len(count_models) == 1, "the best weights load into the trained model: no second model"
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-6"]
     assert result.summary["best_checkpoint"].endswith("checkpoint-2")
     final, best = (

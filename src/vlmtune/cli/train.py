@@ -16,7 +16,8 @@ from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import GenerationArgs
 from vlmtune.evaluation.evaluate import make_generation_eval
 from vlmtune.training.args import TrainConfig
-from vlmtune.training.train import GenerationEval, NonFiniteLossError, TrainResult, train
+from vlmtune.training.train import TrainResult, train
+from vlmtune.training.trainer import GenerationEval, NonFiniteLossError
 
 __all__ = ["command", "generation_eval_for"]
 

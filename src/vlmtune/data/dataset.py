@@ -38,6 +38,7 @@ from PIL import Image
 
 from vlmtune.data.prepared import PreparedDataset
 from vlmtune.data.prompts import PromptTemplate, record_from_row
+from vlmtune.utils.errors import UserError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -55,8 +56,11 @@ IGNORE_INDEX = -100
 _IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
 
 
-class BadImagesError(RuntimeError):
-    """Too many training images are missing or unreadable; the message lists them."""
+class BadImagesError(UserError, RuntimeError):
+    """Too many training images are missing or unreadable; the message lists them.
+
+    A :class:`~vlmtune.utils.errors.UserError` (exit 2) wherever it is found, before or
+    during training: the fix is the user's (re-run prepare, or raise the allowed fraction)."""
 
 
 @dataclass(frozen=True)
@@ -307,5 +311,7 @@ def bad_images_message(
     more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
     return (
         f"{len(bad)} of {total} training images are missing or unreadable "
-        f"({len(bad) / max(total, 1):.1%} > data.max_bad_image_fraction={max_fraction:.1%}):\n{listing}{more}"
+        f"({len(bad) / max(total, 1):.1%} > data.max_bad_image_fraction={max_fraction:.1%}); "
+        f"re-run `vlmtune prepare` to fetch them again, or raise data.max_bad_image_fraction:\n"
+        f"{listing}{more}"
     )

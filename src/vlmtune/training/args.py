@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlmtune.data.prompts import PromptArgs
-from vlmtune.utils.config import ConfigError
+from vlmtune.utils.config import ConfigError, flag
 
 __all__ = [
     "DataArgs",
@@ -36,8 +36,9 @@ DEFAULT_VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"
 class ModelArgs:
     """Which checkpoint to fine-tune and how to load it."""
 
-    path: Path | None = None
-    """Official-layout Phi-3-V checkpoint folder (``config.json``, safetensors, tokenizer, preprocessor)."""
+    path: Path | None = flag("--model", "-m", default=None)
+    """Official-layout Phi-3-V checkpoint folder to fine-tune (config.json, model.safetensors, tokenizer,
+    preprocessor_config.json)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel of the decoder and the vision tower."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -61,8 +62,8 @@ class ModelArgs:
 class DataArgs:
     """The prepared image dataset and how its rows become training examples."""
 
-    path: Path | None = None
-    """Folder written by ``vlmtune prepare`` (``dataset.parquet`` + ``images/``)."""
+    path: Path | None = flag("--data", "-d", default=None)
+    """Prepared dataset folder, written by `vlmtune prepare` (dataset.parquet and images/)."""
     prompt: PromptArgs = field(default_factory=PromptArgs)
     """The prompt contract (style, question, answer fields)."""
     max_length: int = 4096
@@ -133,10 +134,12 @@ class LoraArgs:
 class TrainArgs:
     """The optimisation, its schedule, checkpoints, evaluation and tracking."""
 
-    output_dir: Path | None = None
-    """Run folder: config.yaml, metrics.jsonl, checkpoint-N/, model/, train_summary.json."""
-    mode: Literal["lora", "full", "frozen_vision", "qlora"] = "lora"
-    """``full``: every weight; ``frozen_vision``: all but the vision tower; ``lora``/``qlora``: adapters only."""
+    output_dir: Path | None = flag("--out", "-o", default=None)
+    """Run folder: config.yaml, metrics.jsonl, checkpoint-N/, model/, train_summary.json. It must be
+    new, empty or an earlier run (a folder holding anything else needs --overwrite)."""
+    mode: Literal["lora", "full", "frozen_vision", "qlora"] = flag("--mode", default="lora")
+    """What trains: lora (adapters only), qlora (adapters on a 4-bit base, CUDA), full (every
+    weight) or frozen_vision (all but the vision tower)."""
     freeze_vision: bool = False
     """Freeze the vision tower (implied by mode frozen_vision; for full mode)."""
     freeze_projector: bool = False
@@ -154,7 +157,7 @@ class TrainArgs:
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     """Learning-rate schedule after the warm-up."""
     warmup_ratio: float = 0.03
-    """Fraction of the steps spent warming the learning rate up."""
+    """Fraction of the optimizer steps spent warming the learning rate up."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -175,8 +178,15 @@ class TrainArgs:
     """Eval metric choosing the best checkpoint (e.g. eval_loss, eval_price_mape); None: no best tracking."""
     greater_is_better: bool | None = None
     """Direction of ``metric_for_best``; None: lower is better for *loss*/*error*/*mape*, else higher."""
-    resume: str | None = None
-    """``auto``: continue from the latest checkpoint in output_dir, if any; a checkpoint path; None: fresh run."""
+    resume: str | None = flag("--resume", default=None)
+    """Continue a run: 'auto' (the latest checkpoint in --out, if any) or a checkpoint folder; unset: a
+    new run. The model, mode and adapter settings must be the run's."""
+    overwrite: bool = flag("--overwrite", default=False)
+    """Write the run into a non-empty folder that is not a vlmtune run (never into the base model or
+    the dataset)."""
+    generation_eval: bool = flag("--generation-eval/--no-generation-eval", default=True)
+    """At each evaluation, also generate listings and score them (price error, category accuracy,
+    title match); off: the loss only."""
     seed: int = 42
     """Seed of weights' adapters, data order and dropout."""
     report_to: Literal["wandb", "tensorboard", "mlflow", "none"] = "none"
@@ -257,6 +267,11 @@ class TrainConfig:
             raise ValueError(
                 f"train.metric_for_best={t.metric_for_best!r} needs evaluation: set train.eval_steps"
             )
+        if t.metric_for_best and not t.generation_eval and not _is_loss(t.metric_for_best):
+            raise ValueError(
+                f"train.metric_for_best={t.metric_for_best!r} is a generation metric, but "
+                "train.generation_eval is off (--no-generation-eval); use train.metric_for_best=eval_loss"
+            )
         if t.metric_for_best and t.save_steps % t.eval_steps:
             raise ValueError(
                 f"train.save_steps={t.save_steps} must be a multiple of train.eval_steps={t.eval_steps} "
@@ -276,3 +291,8 @@ class TrainConfig:
         ]
         if missing:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
+
+
+def _is_loss(metric: str) -> bool:
+    """True for the evaluation loss (``loss`` / ``eval_loss``), the one metric that needs no generation."""
+    return metric.removeprefix("eval_") == "loss"

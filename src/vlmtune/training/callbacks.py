@@ -4,7 +4,9 @@
   (one JSON object per line with ``step``, ``epoch`` and the wall-clock ``time``),
   whatever tracker is used.
   On resume it first drops the events logged after the resumed step, so the
-  file reads as one uninterrupted run.
+  file reads as one uninterrupted run. The file is read and appended with
+  :mod:`vlmtune.utils.jsonl`: a last line cut short by a kill is dropped (it
+  belongs to a step after the last checkpoint), never a reason to abort the resume.
 * :class:`SignalCheckpointCallback` turns SIGTERM/SIGINT into "save a checkpoint
   at the end of this step, then stop"; a second signal stops at once. In a
   distributed run the flag is all-reduced each step, so every rank stops (and
@@ -25,6 +27,7 @@ import torch
 from transformers import TrainerCallback
 
 from vlmtune.utils.io import atomic_write_text
+from vlmtune.utils.jsonl import append_jsonl, read_jsonl
 from vlmtune.utils.logging import get_logger
 
 __all__ = ["MetricsJsonlCallback", "SignalCheckpointCallback", "read_metrics"]
@@ -41,7 +44,9 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero and self.path.is_file():
             kept = [e for e in read_metrics(self.path) if e.get("step", 0) <= state.global_step]
-            atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+            atomic_write_text(
+                self.path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept)
+            )
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -51,17 +56,15 @@ class MetricsJsonlCallback(TrainerCallback):
         event = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
         event |= {k: _plain(v) for k, v in logs.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(event) + "\n")
+        append_jsonl(self.path, event)
         log.info(
             "step %d: %s", state.global_step, ", ".join(f"{k}={_short(v)}" for k, v in logs.items())
         )
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The events of a ``metrics.jsonl`` file, in order."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    """The events of a ``metrics.jsonl`` file, in order (a torn last line dropped with a warning)."""
+    return read_jsonl(path)
 
 
 class SignalCheckpointCallback(TrainerCallback):

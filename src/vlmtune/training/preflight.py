@@ -2,7 +2,10 @@
 
 :func:`check_backends` refuses, before any model is loaded, a configuration the
 machine cannot run (DeepSpeed without the package or a GPU, a tracker that is not
-installed). :func:`preflight_summary` logs and returns the trainable parameters
+installed). :func:`check_inputs` refuses, also before any loading, a model folder
+that is not a readable Phi-3-V checkpoint (config.json, safetensors whose headers
+parse and whose data is complete) and a dataset folder that is not a prepared
+dataset or lacks the splits the run reads. :func:`preflight_summary` logs and returns the trainable parameters
 per component, the fraction of tokens trained on, sequence and image-token
 length statistics and the effective batch size, and fails fast when nothing
 would train (no trainable parameter, no label token).
@@ -12,14 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import statistics
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import IGNORE_INDEX
+from vlmtune.data.prepared import PreparedDatasetError, load_prepared
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import Datasets, parameter_counts
 from vlmtune.training.tracking import check_tracker_available
@@ -27,7 +34,14 @@ from vlmtune.utils.config import ConfigError
 from vlmtune.utils.devices import dtype_name, resolve_dtype
 from vlmtune.utils.logging import get_logger
 
-__all__ = ["PreflightError", "check_backends", "preflight_summary"]
+__all__ = [
+    "PreflightError",
+    "check_backends",
+    "check_dataset",
+    "check_inputs",
+    "check_model_folder",
+    "preflight_summary",
+]
 
 log = get_logger(__name__)
 
@@ -64,6 +78,96 @@ def check_backends(config: TrainConfig) -> None:
         raise ConfigError(
             "train.mode=qlora needs the bitsandbytes package and a CUDA GPU; use train.mode=lora"
         )
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for a model folder or a dataset (with its splits) the run cannot read."""
+    check_model_folder(Path(config.model.path))
+    splits = {"data.train_split": config.data.train_split}
+    if config.train.evaluates:
+        splits["data.eval_split"] = config.data.eval_split
+    check_dataset(Path(config.data.path), splits)
+
+
+def check_model_folder(path: Path, key: str = "model.path (--model)") -> None:
+    """Raise :class:`ConfigError` unless ``path`` is a Phi-3-V checkpoint folder with readable weights.
+
+    Every safetensors file's header is parsed, which also tells a file cut short
+    (its header promises more bytes than it has); no tensor is read.
+    """
+    where = f"{key}: {str(path)!r}"
+    if not path.exists():
+        raise ConfigError(f"{where} does not exist; give the folder of a Phi-3-V checkpoint")
+    if not path.is_dir():
+        raise ConfigError(f"{where} is a file; give the checkpoint folder (config.json, weights)")
+    if (path / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"{where} is a LoRA adapter, not a full checkpoint: merge it first "
+            f"(vlmtune merge {path} --out MERGED) and train from the merged folder"
+        )
+    if not (path / "config.json").is_file():
+        inside = (
+            " (a training run: its final model is in model/)" if (path / "model").is_dir() else ""
+        )
+        raise ConfigError(f"{where} has no config.json, so it is not a Phi-3-V checkpoint{inside}")
+    for weights in _weight_files(path, where):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error type for a bad header
+            raise ConfigError(
+                f"{where}: {weights.name} cannot be read ({err}); it is damaged or was cut short: "
+                "copy the checkpoint again"
+            ) from err
+
+
+def _weight_files(path: Path, where: str) -> list[Path]:
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(f"{where}: {index.name} is not a valid shard index ({err})") from err
+        files = [path / shard for shard in shards]
+        missing = [f.name for f in files if not f.is_file() or f.resolve().parent != path.resolve()]
+        if missing:
+            raise ConfigError(
+                f"{where}: the shard(s) {', '.join(missing)} listed in {index.name} are missing"
+            )
+        return files
+    pickled = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+    raise ConfigError(
+        f"{where} has no model.safetensors (or model.safetensors.index.json)"
+        + ("; it holds pickle weights only, which vlmtune does not read" if pickled else "")
+    )
+
+
+def check_dataset(path: Path, splits: dict[str, str], key: str = "data.path (--data)") -> None:
+    """Raise :class:`ConfigError` unless ``path`` is a prepared dataset with rows in every split of
+    ``splits`` (setting name -> split)."""
+    where = f"{key}: {str(path)!r}"
+    if not path.is_dir():
+        state = "is a file" if path.exists() else "does not exist"
+        raise ConfigError(f"{where} {state}; give the folder written by `vlmtune prepare`")
+    try:
+        available = set(load_prepared(path).frame["split"])
+    except PreparedDatasetError as err:
+        raise ConfigError(f"{key}: {err}") from err
+    for setting, split in splits.items():
+        if split not in available:
+            extra = (
+                " (or evaluate nothing: train.eval_steps=null)"
+                if setting.endswith("eval_split")
+                else ""
+            )
+            raise ConfigError(
+                f"{setting}={split!r}: {str(path)!r} has no rows in that split; it has "
+                f"{', '.join(sorted(available)) or 'none'}: choose one of them{extra}"
+            )
 
 
 def preflight_summary(

@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from vlmtune.utils.errors import UserError
 from vlmtune.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
@@ -51,8 +52,11 @@ SCHEDULER_FILE = "scheduler.json"
 SCALER_FILE = "scaler.json"
 
 
-class TrainerStateError(RuntimeError):
-    """A checkpoint's optimizer, scheduler or RNG state is missing or cannot be restored."""
+class TrainerStateError(UserError, RuntimeError):
+    """A checkpoint's weights, optimizer, scheduler or RNG state is missing or does not fit the run.
+
+    A :class:`~vlmtune.utils.errors.UserError`: the checkpoint the user resumes cannot be used
+    as it is, and the message says what to do instead (exit 2, no traceback)."""
 
 
 def save_optimizer_state(state_dict: Mapping[str, Any], path: Path) -> None:
