@@ -89,7 +89,7 @@ def test_lora_recipe_trains_with_generation_metrics_then_merges(inputs, tmp_path
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
-def test_full_demo_recipe_and_resume_auto(inputs, tmp_path):
+def test_full_demo_recipe_and_resume_auto(inputs, tmp_path, capsys):
     run = tmp_path / "full"
     assert _train(inputs, run, "demo.yaml") == 0
     assert (run / "model" / "model.safetensors").is_file() and (
@@ -98,6 +98,15 @@ def test_full_demo_recipe_and_resume_auto(inputs, tmp_path):
     assert _train(inputs, run, "demo.yaml", "--resume", "auto", "train.max_steps=4") == 0
     assert json.loads((run / "train_summary.json").read_text())["global_step"] == 4
     assert [e["step"] for e in read_metrics(run / "metrics.jsonl") if "eval_loss" in e] == [2, 4]
+    # a resume in another mode is refused in one line before any work; config.yaml is kept
+    config = (run / "config.yaml").read_bytes()
+    capsys.readouterr()
+    assert _train(inputs, run, "demo.yaml", "--resume", "auto", "--mode", "lora") == 2
+    err = capsys.readouterr().err
+    [err] = [line for line in err.splitlines() if line.startswith("vlmtune")]  # logs aside
+    assert "train.mode" in err, err
+    assert "trained with full, this command asks for lora" in err and "--mode full" in err
+    assert (run / "config.yaml").read_bytes() == config
 
 
 def test_configuration_errors_exit_2_with_the_key(inputs, tmp_path, capsys):
