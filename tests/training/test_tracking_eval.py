@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.torch import load_file
@@ -18,6 +19,34 @@ from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.tracking import tracking_environment, wandb_mode
 from vlmtune.training.train import train
 from vlmtune.utils.config import ConfigError
+
+
+def _wandb_records(path: Path) -> list[Any]:
+    """The records of an offline W&B run file, parsed with W&B's own protobuf ``Record``.
+
+    The file is W&B's record log (wandb 0.31 has no Python reader left): a 7-byte header
+    (``:W&B``, magic, version), then LevelDB-log blocks of 32 KiB holding records cut
+    into chunks, each behind a 7-byte header (CRC32, length, chunk type: 1 full, 2 first,
+    3 middle, 4 last); a block's tail shorter than a header is padding.
+    """
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data, block, header = path.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, chunks, pos = [], b"", header
+    while pos + header <= len(data):
+        if block - pos % block < header:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + header])
+        chunks += data[pos + header : pos + header + length]
+        pos += header + length
+        if kind in (1, 4):
+            record = Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+            chunks = b""
+    return records
 
 
 def _generation_eval(tiny_inputs):
@@ -76,9 +105,7 @@ def test_wandb_goes_offline_without_an_api_key_and_logs_the_table(
     config = tiny_inputs.config(
         run, max_steps=2, eval_steps=2, save_steps=2, report_to="wandb", run_name="t"
     )
-    started = time.monotonic()
     train(config, _generation_eval(tiny_inputs))
-    assert time.monotonic() - started < 120, "W&B must never hang"
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     tables = list(offline[0].glob("files/media/table/eval/predictions*.table.json"))
@@ -87,11 +114,15 @@ def test_wandb_goes_offline_without_an_api_key_and_logs_the_table(
     columns = table["columns"]
     assert len(columns) == len(set(columns)), f"duplicate columns: {columns}"
     assert {"image", "image_path", "generated"} <= set(columns)
-    # The photos travel with the run (staged as table media), named by their file.
+    # The photos travel with the run (the table's media in its run_table artifact), named by
+    # their file, and the final model is a "model" artifact: read from the run's record log.
+    records = _wandb_records(next(offline[0].glob("run-*.wandb")))
+    artifacts = {a.type: a for a in (r.artifact for r in records if r.HasField("artifact"))}
     photo = Path(table["data"][0][columns.index("image_path")])
-    record = next(offline[0].glob("run-*.wandb")).read_bytes()
-    assert photo.name.encode() in record
-    assert b"t-model" in record, "the final model is logged as a W&B artifact"
+    media = [entry.path for entry in artifacts["run_table"].manifest.contents]
+    assert any(p.startswith("media/images/") and p.endswith(photo.name) for p in media), media
+    assert artifacts["model"].name == "t-model"
+    assert "adapter_model.safetensors" in {e.path for e in artifacts["model"].manifest.contents}
     assert "WANDB_MODE" not in os.environ, "the tracker environment is restored after the run"
 
     # W&B reads its environment once per session: a second run in this process must still
