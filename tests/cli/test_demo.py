@@ -29,7 +29,8 @@ def test_quick_demo_produces_every_artefact_and_learns(tmp_path, monkeypatch, ca
     for part in ("before", "after", "baseline"):
         assert set(SUMMARY_METRICS) <= set(summary[part]), part
     assert summary["baseline"]["parse_rate"] is None
-    assert 0 <= summary["after"]["parse_rate"] <= 1
+    # the trained model writes the listing format (measured: 0.0 before, 1.0 after 40 steps)
+    assert summary["after"]["parse_rate"] >= 0.8 > summary["before"]["parse_rate"], summary
     assert summary["paths"]["run"] == str(out.resolve() / "run")
     assert set(summary["seconds"]) >= {"synth", "prepare", "init-model", "train", "eval", "total"}
     for key in ("report", "run", "model"):

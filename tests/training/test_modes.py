@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from vlmtune.training.build import (
 )
 from vlmtune.training.preflight import PreflightError, check_backends, preflight_summary
 from vlmtune.training.train import train, training_arguments
-from vlmtune.utils.config import ConfigError, load_config
+from vlmtune.utils.config import FLAG, ConfigError, field_docs, load_config
 from vlmtune.utils.devices import resolve_dtype
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -189,5 +191,34 @@ def test_bad_settings_are_named():
         )
     with pytest.raises(ConfigError, match="missing required setting"):
         TrainConfig().require_paths()
+    with pytest.raises(ConfigError, match="eval_price_mape.*generation_eval is off"):
+        load_config(
+            TrainConfig,
+            None,
+            ["train.metric_for_best=eval_price_mape", "train.generation_eval=false"],
+        )
     assert TrainArgs(metric_for_best="eval_price_mape").best_is_greater() is False
     assert TrainArgs(metric_for_best="eval_category_accuracy").best_is_greater() is True
+
+
+def test_the_train_verbs_options_are_declared_once_on_the_config():
+    """Each option of `vlmtune train` is a flag() field (YAML key, dotted override and flag in one
+    place) with the docstring that becomes its help."""
+    flags = {}
+    for section in dataclasses.fields(TrainConfig):
+        cls = get_type_hints(TrainConfig)[section.name]
+        for item in dataclasses.fields(cls):
+            if FLAG in item.metadata:
+                flags[f"{section.name}.{item.name}"] = item.metadata[FLAG]["names"]
+                assert field_docs(cls).get(item.name), f"{section.name}.{item.name} has no help"
+    assert flags == {
+        "model.path": ("--model", "-m"),
+        "data.path": ("--data", "-d"),
+        "train.output_dir": ("--out", "-o"),
+        "train.mode": ("--mode",),
+        "train.resume": ("--resume",),
+        "train.overwrite": ("--overwrite",),
+        "train.generation_eval": ("--generation-eval/--no-generation-eval",),
+    }
+    defaults = TrainConfig()
+    assert defaults.train.generation_eval is True and defaults.train.overwrite is False

@@ -27,6 +27,8 @@ def test_an_out_that_is_a_file_or_a_foreign_folder_is_refused_before_any_work(
     notes.write_text("mine")
     with pytest.raises(OutputError, match=r"notes\.txt.* is a file"):
         train(tiny_inputs.config(notes))
+    with pytest.raises(OutputError, match=r"notes\.txt' is a file, not a folder"):
+        train(tiny_inputs.config(notes / "run"))
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"jpeg")

@@ -31,7 +31,7 @@ from vlmtune.training.args import TrainConfig
 from vlmtune.training.trainer_state import OPTIMIZER_FILE, SCHEDULER_FILE, TrainerStateError
 from vlmtune.utils.config import FLAG, ConfigError, config_to_dict
 from vlmtune.utils.logging import get_logger
-from vlmtune.utils.outputs import OutputClaim, claim_output_dir, write_marker
+from vlmtune.utils.outputs import OutputClaim, OutputError, claim_output_dir, write_marker
 
 __all__ = [
     "RUN_CONFIG",
@@ -64,6 +64,12 @@ def is_launch_main_process() -> bool:
 
 def claim_run_folder(config: TrainConfig) -> OutputClaim:
     """Decide whether the run may write ``train.output_dir``; raise ``OutputError`` (exit 2) if not."""
+    run_dir = Path(config.train.output_dir)
+    blocker = next((p for p in run_dir.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # the folder could never be created
+        raise OutputError(
+            f"--out {str(run_dir)!r}: {str(blocker)!r} is a file, not a folder; give a folder path"
+        )
     return claim_output_dir(
         config.train.output_dir,
         VERB,
