@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import IGNORE_INDEX
@@ -114,7 +114,7 @@ def check_model_folder(path: Path, key: str = "model.path (--model)") -> None:
         try:
             with safe_open(str(weights), framework="pt"):
                 pass
-        except Exception as err:  # safetensors raises its own error type for a bad header
+        except (SafetensorError, OSError) as err:
             raise ConfigError(
                 f"{where}: {weights.name} cannot be read ({err}); it is damaged or was cut short: "
                 "copy the checkpoint again"
@@ -136,13 +136,15 @@ def _weight_files(path: Path, where: str) -> list[Path]:
         missing = [f.name for f in files if not f.is_file() or f.resolve().parent != path.resolve()]
         if missing:
             raise ConfigError(
-                f"{where}: the shard(s) {', '.join(missing)} listed in {index.name} are missing"
+                f"{where}: the shard(s) {', '.join(missing)} listed in {index.name} are missing "
+                "(or outside the folder); copy the checkpoint again"
             )
         return files
     pickled = any(path.glob("*.bin")) or any(path.glob("*.pt"))
     raise ConfigError(
         f"{where} has no model.safetensors (or model.safetensors.index.json)"
         + ("; it holds pickle weights only, which vlmtune does not read" if pickled else "")
+        + ": give the checkpoint folder that holds the safetensors weights"
     )
 
 
