@@ -92,3 +92,17 @@ def test_a_checkpoint_that_does_not_fit_fails_naming_the_keys(tiny_inputs, tmp_p
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(TrainerStateError, match=r"model\.norm\.weight.*model\.extra\.weight"):
         load_full_weights(model, folder)
+
+
+def test_a_checkpoint_of_another_shape_is_refused_before_any_weight_changes(tiny_inputs, tmp_path):
+    model = Phi3VForCausalLM.from_pretrained(tiny_inputs.checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(tiny_inputs.checkpoint, folder)
+    weights = {k: v + 1 for k, v in load_file(str(folder / "model.safetensors")).items()}
+    weights["model.norm.weight"] = torch.zeros(3)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(TrainerStateError, match=r"model\.norm\.weight has shape \(3,\)"):
+        load_full_weights(model, folder)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[key]), f"{key} changed by a refused reload"

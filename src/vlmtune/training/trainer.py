@@ -10,7 +10,8 @@ resume, data parallelism and the trackers are the Trainer's. This subclass adds:
   decode every image to measure them);
 * each evaluation also runs the injected :class:`GenerationEval` (``eval_<name>``);
 * full-model checkpoints are reloaded in place through the official key table,
-  strictly (the Trainer's default is a non-strict state-dict load);
+  strictly, without building a second model (the Trainer's default is a
+  non-strict state-dict load);
 * checkpoints hold no pickle: the optimizer, scheduler, gradient-scaler and RNG
   states are written as safetensors + JSON (:mod:`vlmtune.training.trainer_state`)
   and the pickled training arguments are not written (``config.yaml`` is the
@@ -314,18 +315,26 @@ def _is_adapter_model(model: torch.nn.Module) -> bool:
 def load_full_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Copy an official-layout checkpoint's weights into ``model`` in place, strictly.
 
-    The tensors go through the official key table (``official_to_native``) and
-    ``load_state_dict(strict=True)``, which copies each one into the live parameter
-    (keeping its dtype and device): no second model is built. Raises
-    :class:`TrainerStateError` naming the missing and unexpected keys when the
-    checkpoint does not fit the model.
+    The tensors go through the official key table (``official_to_native`` fails naming
+    missing and unexpected keys), every shape is checked before the first copy (so a
+    refused checkpoint leaves the model as it was), then ``load_state_dict(strict=True)``
+    copies each tensor into its live parameter, keeping the parameter's dtype and device.
+    No second model is built; safetensors maps the file, so the tensors read cost page
+    cache, not a second copy of the weights. Raises :class:`TrainerStateError`.
     """
     try:
         state = official_to_native(load_official_state_dict(checkpoint), model.config)
-        model.load_state_dict(state, strict=True)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         raise TrainerStateError(
             f"checkpoint {str(checkpoint)!r} does not fit the model being trained: {err}; "
             "resume a checkpoint of this run, or start a new run with another --out"
         ) from err
+    live = model.state_dict()
+    for key, tensor in state.items():
+        if key in live and tensor.shape != live[key].shape:
+            raise TrainerStateError(
+                f"checkpoint {str(checkpoint)!r}: {key} has shape {tuple(tensor.shape)}, the model's "
+                f"{tuple(live[key].shape)}; resume a checkpoint of this run"
+            )
+    model.load_state_dict(state, strict=True)
     log.info("reloaded the full model weights from %s", checkpoint)
