@@ -19,18 +19,21 @@ Two photos are **near duplicates** when their pHashes are at most ``max_bits`` a
 measurement (``bench/bench_dedup_threshold.py``, figures in BENCHMARKS.md). Candidates
 come from multi-index hashing (:mod:`vlmtune.data.hash_index`), never an all-pairs loop.
 
-:func:`group_duplicates` joins rows that share a product id, share pixels, or are near
-duplicates, and numbers the connected components (union-find) deterministically.
+:func:`group_duplicates` links rows that share a product id, share pixels, or are near
+duplicates; the groups are the connected components of those links (scipy's
+``connected_components``, a union-find in C), numbered deterministically.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from vlmtune.data.hash_index import near_pairs
 
@@ -119,7 +122,8 @@ def near_duplicate_pairs(
     shared = np.flatnonzero(np.diff(starts) > 1)
     hash_pairs = np.concatenate([np.stack([shared, shared], axis=1), near_pairs(unique, max_bits)])
     pairs = _expand(hash_pairs, members, starts)
-    thumbs = np.stack([np.frombuffer(f.colour, np.uint8) for f in fingerprints])
+    thumbs = np.frombuffer(b"".join(f.colour for f in fingerprints), np.uint8)
+    thumbs = thumbs.reshape(len(fingerprints), -1)
     close = _colour_close(pairs, thumbs, max_colour)
     return close[np.lexsort((close[:, 1], close[:, 0]))]
 
@@ -134,19 +138,27 @@ def group_duplicates(
 
     ``ids`` and ``fingerprints`` have one entry per row (``None``: the row has no photo, it
     joins by id only). ``max_bits=None`` turns near duplicates off (ids and exact pixels
-    only). Groups are numbered 0, 1, ... in the order of their smallest member id, so the
-    numbering does not depend on the order of the rows.
+    only). The groups are the connected components of the graph of those links; they are
+    numbered 0, 1, ... in the order of their smallest member id, so the numbering does not
+    depend on the order of the rows.
     """
     if len(ids) != len(fingerprints):
         raise ValueError(f"{len(ids)} ids but {len(fingerprints)} fingerprints")
-    parent = list(range(len(ids)))
-    _union_equal(parent, (str(i) for i in ids))
-    _union_equal(parent, (f.exact if f is not None else None for f in fingerprints))
-    if max_bits is not None:
-        rows = _first_of_each(f.exact if f is not None else None for f in fingerprints)
-        for a, b in near_duplicate_pairs([fingerprints[r] for r in rows], max_bits, max_colour):
-            _union(parent, rows[a], rows[b])
-    return _number_groups(parent, [str(i) for i in ids])
+    if not ids:
+        return []
+    names = np.array([str(i) for i in ids])
+    _, first_of_id, id_rank = np.unique(names, return_index=True, return_inverse=True)
+    links = [np.stack([np.arange(len(ids)), first_of_id[id_rank]], axis=1)]
+    photos = np.array([r for r, f in enumerate(fingerprints) if f is not None], dtype=np.int64)
+    if len(photos):
+        exact = np.array([fingerprints[r].exact for r in photos])
+        _, first_of_exact, exact_class = np.unique(exact, return_index=True, return_inverse=True)
+        links.append(np.stack([photos, photos[first_of_exact[exact_class]]], axis=1))
+        if max_bits is not None:  # one photo per exact class: identical pixels are searched once
+            reps = photos[first_of_exact]
+            near = near_duplicate_pairs([fingerprints[r] for r in reps], max_bits, max_colour)
+            links.append(reps[near])
+    return _components_by_smallest_id(np.concatenate(links), id_rank)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -178,48 +190,14 @@ def _colour_close(pairs: np.ndarray, thumbs: np.ndarray, max_colour: float) -> n
     return pairs[keep]
 
 
-def _find(parent: list[int], x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]  # path halving keeps the trees flat
-        x = parent[x]
-    return x
+def _components_by_smallest_id(links: np.ndarray, id_rank: np.ndarray) -> list[int]:
+    """Connected component of each row given (L, 2) row links, numbered by smallest id rank.
 
-
-def _union(parent: list[int], a: int, b: int) -> None:
-    ra, rb = _find(parent, a), _find(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
-def _union_equal(parent: list[int], keys: Iterable[object]) -> None:
-    """Join the rows whose key is equal (a ``None`` key joins nothing)."""
-    first: dict[object, int] = {}
-    for row, key in enumerate(keys):
-        if key is not None:
-            _union(parent, first.setdefault(key, row), row)
-
-
-def _first_of_each(keys: Iterable[object]) -> list[int]:
-    """The first row of each distinct non-``None`` key (identical photos are searched once)."""
-    seen: set[object] = set()
-    rows = []
-    for row, key in enumerate(keys):
-        if key is not None and key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return rows
-
-
-def _number_groups(parent: list[int], ids: list[str]) -> list[int]:
-    """Group number of each row, groups ordered by their smallest member id.
-
-    Rows with one id are in one group, so two groups never share their smallest id.
+    Rows with one id are linked, so two components never share their smallest id.
     """
-    roots = [_find(parent, r) for r in range(len(parent))]
-    smallest: dict[int, str] = {}
-    for row, root in enumerate(roots):
-        if root not in smallest or ids[row] < smallest[root]:
-            smallest[root] = ids[row]
-    order = sorted(smallest, key=smallest.__getitem__)
-    number = {root: k for k, root in enumerate(order)}
-    return [number[root] for root in roots]
+    n = len(id_rank)
+    graph = coo_array((np.ones(len(links), np.int8), (links[:, 0], links[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    smallest = np.full(count, n, dtype=np.int64)
+    np.minimum.at(smallest, labels, id_rank)
+    return np.unique(smallest, return_inverse=True)[1][labels].tolist()
