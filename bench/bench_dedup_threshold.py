@@ -80,23 +80,27 @@ def colour_gap(a, b) -> float:
     return float(np.abs(x.astype(np.int16) - y).mean())
 
 
-def distinct_minima(feats: list[dict], attrs: list[tuple], bits: int) -> dict[str, tuple]:
-    """Smallest distance between distinct products: (overall, same attributes) per measure."""
+def distinct_minima(feats: list[dict], attrs: list[tuple], bits: int) -> dict[str, str]:
+    """Smallest distance between distinct products per measure: overall, and same attributes."""
     n, out = len(feats), {}
     same = np.array([[a == b for b in attrs] for a in attrs])
     iu = np.triu_indices(n, 1)
     for name in HASHES:
         h = np.array([f[name] for f in feats], dtype=np.uint64)
         d = popcount(h[:, None] ^ h[None, :]).astype(int)[iu]
-        out[name] = (int(d.min()), int(d[same[iu]].min()) if same[iu].any() else None)
+        out[name] = f"{d.min()} (same type/material/pattern/colour: {d[same[iu]].min()})"
     thumbs = np.stack([np.frombuffer(f["fingerprint"].colour, np.uint8) for f in feats]).astype(
         np.int16
     )
     colour = np.stack([np.abs(thumbs - t).mean(axis=1) for t in thumbs])[iu]
     h = np.array([f["fingerprint"].phash for f in feats], dtype=np.uint64)
     close = (popcount(h[:, None] ^ h[None, :]).astype(int) <= bits)[iu]
-    out["colour"] = (round(float(colour.min()), 2), round(float(colour[same[iu]].min()), 2))
-    out[f"colour where phash<={bits}"] = (round(float(colour[close].min()), 2), int(close.sum()))
+    out["colour"] = (
+        f"{colour.min():.2f} (same type/material/pattern/colour: {colour[same[iu]].min():.2f})"
+    )
+    out[f"colour, phash<={bits}"] = (
+        f"{colour[close].min():.2f} ({close.sum()} pairs within {bits} pHash bits)"
+    )
     return out
 
 
@@ -122,8 +126,8 @@ def main() -> None:
     )
     report_copies(photos[: opts.copies], feats, opts)
     print(f"\nsmallest distance between distinct products ({opts.n * (opts.n - 1) // 2} pairs):")
-    for name, (overall, same) in distinct_minima(feats, attrs, opts.bits).items():
-        print(f"  {name:>22}: {overall} (same type/material/pattern/colour: {same})")
+    for name, text in distinct_minima(feats, attrs, opts.bits).items():
+        print(f"  {name:>16}: {text}")
     merged = near_duplicate_pairs([f["fingerprint"] for f in feats], opts.bits, opts.colour)
     print(f"distinct pairs merged at phash<={opts.bits} and colour<={opts.colour}: {len(merged)}")
 

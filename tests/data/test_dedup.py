@@ -15,6 +15,7 @@ from vlmtune.data.dedup import (
     group_duplicates,
     hamming,
     image_fingerprint,
+    near_duplicate_pairs,
 )
 from vlmtune.data.group_splits import assign_group_splits, straddling_groups
 from vlmtune.data.splits import assign_splits
@@ -136,3 +137,10 @@ def test_grouping_is_deterministic_and_independent_of_row_order():
 def test_group_duplicates_checks_lengths():
     with pytest.raises(ValueError, match="2 ids but 1 fingerprints"):
         group_duplicates(["a", "b"], [None])
+
+
+def test_near_duplicate_pairs_refuses_thumbnails_of_another_size():
+    good = image_fingerprint(_catalog_photo(0))
+    bad = Fingerprint(good.exact, good.phash, good.colour[:48])
+    with pytest.raises(ValueError, match="192 bytes"):
+        near_duplicate_pairs([good, bad])

@@ -11,13 +11,18 @@ A photo's :class:`Fingerprint` has three parts:
   on the synthetic catalog, distinct products of one silhouette (a navy and a camel polo
   shirt) hash 0 bits apart;
 - ``colour``: an 8x8 RGB thumbnail (box filter, 192 bytes). Compared by the mean absolute
-  difference of its levels, it tells those products apart (they are at least ~3.9 levels
-  apart) while a re-encoded or resized copy stays within ~1.5.
+  difference of its levels, it tells those products apart (2,000 of them were at least 3.5
+  levels apart) while a re-encoded or resized copy stays within 1.45.
 
 Two photos are **near duplicates** when their pHashes are at most ``max_bits`` apart
 **and** their thumbnails at most ``max_colour`` levels apart; the defaults were chosen by
-measurement (``bench/bench_dedup_threshold.py``, figures in BENCHMARKS.md). Candidates
-come from multi-index hashing (:mod:`vlmtune.data.hash_index`), never an all-pairs loop.
+measurement (``bench/bench_dedup_threshold.py``, figures in BENCHMARKS.md): every
+re-encoded (JPEG 95 -> 60) and resized (x0.5, x1.5) copy matches and no two distinct
+synthetic products do. Crops are the limit: 85 % of 1 %-per-side crops match, 30 % at 2 %,
+none from 4 %, because a crop shifts the picture as much as the framing of two distinct
+products of one type, material, pattern and colour differs (no threshold of pHash, dHash or
+wHash separates those either). Candidates come from multi-index hashing
+(:mod:`vlmtune.data.hash_index`), never an all-pairs loop.
 
 :func:`group_duplicates` links rows that share a product id, share pixels, or are near
 duplicates; the groups are the connected components of those links (scipy's
@@ -50,11 +55,12 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BITS = 6
-"""pHash bits two near duplicates may differ in (re-encodes and resizes measured at <= 2)."""
+"""pHash bits two near duplicates may differ in (re-encodes and resizes measured at <= 4)."""
 DEFAULT_MAX_COLOUR = 2.5
-"""Mean level difference two near duplicates' thumbnails may have (copies <= 1.5, distinct >= 3.2)."""
+"""Mean level difference two near duplicates' thumbnails may have (copies <= 1.45, distinct >= 3.5)."""
 COLOUR_SIDE = 8
 """Side of the colour thumbnail, pixels: ``COLOUR_SIDE**2 * 3`` bytes per photo."""
+_COLOUR_BYTES = COLOUR_SIDE * COLOUR_SIDE * 3
 _CHUNK = 1 << 16  # pairs whose thumbnails are compared at once
 
 
@@ -115,6 +121,8 @@ def near_duplicate_pairs(
     """
     if not fingerprints:
         return np.empty((0, 2), np.int64)
+    if any(len(f.colour) != _COLOUR_BYTES for f in fingerprints):
+        raise ValueError(f"colour thumbnails must have {_COLOUR_BYTES} bytes (image_fingerprint's)")
     hashes = np.array([f.phash for f in fingerprints], dtype=np.uint64)
     unique, inverse = np.unique(hashes, return_inverse=True)
     members = np.argsort(inverse, kind="stable")  # photos grouped by pHash
@@ -167,7 +175,8 @@ def group_duplicates(
 def _expand(hash_pairs: np.ndarray, members: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Photo pairs ``(i, j)``, ``i < j``, from pairs of pHash classes (a class paired with itself too).
 
-    Class ``k`` holds photos ``members[starts[k] : starts[k + 1]]``; shapes (H, 2) -> (P, 2).
+    A class's photos are all compared with each other: equal pHashes with different pixels
+    are rare (identical pixels reach here once, see :func:`group_duplicates`). Class ``k`` holds photos ``members[starts[k] : starts[k + 1]]``; shapes (H, 2) -> (P, 2).
     """
     sizes = np.diff(starts)
     size_a, size_b = sizes[hash_pairs[:, 0]], sizes[hash_pairs[:, 1]]
