@@ -9,8 +9,9 @@ import pytest
 from eval_fixtures import EvalInputs
 from PIL import Image
 
-from vlmtune.evaluation.args import GenerationArgs, PredictArgs
+from vlmtune.evaluation.args import PredictArgs
 from vlmtune.evaluation.predict import collect_images, read_image, run_predict
+from vlmtune.inference.args import GenerationArgs, InferenceArgs
 
 
 def _inputs(tmp_path: Path) -> list[Path]:
@@ -33,10 +34,12 @@ def test_predict_writes_a_row_per_image_and_reports_failures(
 ):
     out = tmp_path / "predictions.csv"
     args = PredictArgs(
-        model=eval_inputs.listing_model,
+        inference=InferenceArgs(
+            model=eval_inputs.listing_model,
+            generation=GenerationArgs(max_new_tokens=40, batch_size=2),
+        ),
         inputs=_inputs(tmp_path),
         out=out,
-        generation=GenerationArgs(max_new_tokens=40, batch_size=2),
     )
     result = run_predict(args)
     with open(out, encoding="utf-8", newline="") as handle:
@@ -83,4 +86,4 @@ def test_predict_args_need_model_and_inputs():
     with pytest.raises(ValueError, match="model"):
         PredictArgs(inputs=[Path("a.jpg")])
     with pytest.raises(ValueError, match="inputs"):
-        PredictArgs(model=Path("m"))
+        PredictArgs(inference=InferenceArgs(model=Path("m")))
