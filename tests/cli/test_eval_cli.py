@@ -140,3 +140,28 @@ def test_predict_arguments_split_paths_from_overrides(tmp_path: Path):
     override = "inference.generation.batch_size=2"
     paths, overrides = split_inputs(["x.jpg", override, str(odd), "dir"])
     assert paths == ["x.jpg", str(odd), "dir"] and overrides == [override]
+
+
+def test_eval_and_predict_refuse_a_wrong_out_in_one_line_before_any_work(
+    inputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    taken = tmp_path / "results.txt"
+    taken.write_bytes(b"keep me")
+    folder = tmp_path / "listings"
+    folder.mkdir()
+    (folder / "kept.csv").write_bytes(b"a,b\n")
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (90, 110), (120, 40, 40)).save(photo)
+    model, data = str(inputs.listing_model), str(inputs.data)
+    runs = [
+        (["eval", "-m", model, "-d", data, "--out", str(taken)], "is a file"),
+        (["predict", "-m", model, str(photo), "--out", str(folder)], "is a folder"),
+        (["eval", "-m", model, "-d", data, "--base-model", str(tmp_path / "typo")], "typo"),
+        (["predict", "-m", model, str(photo), "--device", "gpu0"], "'gpu0' is not a device"),
+    ]
+    for argv, cause in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert cause in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert taken.read_bytes() == b"keep me" and (folder / "kept.csv").read_bytes() == b"a,b\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listings", "photo.jpg", "results.txt"]
