@@ -75,8 +75,6 @@ class InferenceArgs:
             if not str(self.model).strip():
                 raise ValueError("model: must not be empty (a checkpoint, adapter or run folder)")
             self.model = Path(self.model)
-        if self.device is not None and not str(self.device).strip():
-            self.device = None
 
     def require_model(self) -> Path:
         """The model path; raises ``ValueError`` (reported with the key) when none was given."""
