@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs
-from vlmtune.evaluation.generate import generate_listings
+from vlmtune.inference.args import GenerationArgs
+from vlmtune.inference.generate import generate_listings
 from vlmtune.models.phi3v import (
     Phi3VImageProcessor,
     Phi3VProcessor,

@@ -31,7 +31,7 @@ def _eval_fixtures() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory):
-    return _eval_fixtures().build_eval_inputs(tmp_path_factory.mktemp("eval-cli"))
+    return _eval_fixtures().shared_eval_inputs(tmp_path_factory)
 
 
 def test_eval_command_writes_results(inputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -49,13 +49,14 @@ def test_eval_command_writes_results(inputs, tmp_path: Path, capsys: pytest.Capt
             "2",
             "--out",
             str(out),
-            "generation.max_new_tokens=40",
+            "inference.generation.max_new_tokens=40",
         ]
     )
     assert code == 0
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["model"]["parse_rate"] == 1.0 and doc["model"]["n"] == 3
-    assert doc["config"]["generation"]["batch_size"] == 2 and "mean_price" in doc["baselines"]
+    assert doc["config"]["inference"]["generation"]["batch_size"] == 2
+    assert "mean_price" in doc["baselines"]
     assert (out / "report.html").is_file() and len(
         (out / "predictions.jsonl").read_text().splitlines()
     ) == 3
@@ -70,7 +71,7 @@ def test_eval_command_rejects_bad_values_before_work(inputs, capsys: pytest.Capt
             str(inputs.listing_model),
             "--data",
             str(inputs.data),
-            "generation.batch_size=0",
+            "inference.generation.batch_size=0",
         ]
     )
     assert code == 2
@@ -118,7 +119,7 @@ def test_predict_command_reports_unreadable_images(
     bad.write_bytes(b"nope")
     out = tmp_path / "listings.csv"
     argv = ["predict", "--model", str(inputs.listing_model), str(good), str(bad), "--out", str(out)]
-    code = main([*argv, "generation.max_new_tokens=40"])
+    code = main([*argv, "inference.generation.max_new_tokens=40"])
     assert code == 1  # some image failed; the CSV still has every row
     err = capsys.readouterr().err
     assert "bad.png" in err and "1 listing(s), 1 failure(s)" in err
@@ -136,5 +137,31 @@ def test_predict_command_reports_unreadable_images(
 def test_predict_arguments_split_paths_from_overrides(tmp_path: Path):
     odd = tmp_path / "a=b.jpg"
     odd.write_bytes(b"")
-    paths, overrides = split_inputs(["x.jpg", "generation.batch_size=2", str(odd), "dir"])
-    assert paths == ["x.jpg", str(odd), "dir"] and overrides == ["generation.batch_size=2"]
+    override = "inference.generation.batch_size=2"
+    paths, overrides = split_inputs(["x.jpg", override, str(odd), "dir"])
+    assert paths == ["x.jpg", str(odd), "dir"] and overrides == [override]
+
+
+def test_eval_and_predict_refuse_a_wrong_out_in_one_line_before_any_work(
+    inputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    taken = tmp_path / "results.txt"
+    taken.write_bytes(b"keep me")
+    folder = tmp_path / "listings"
+    folder.mkdir()
+    (folder / "kept.csv").write_bytes(b"a,b\n")
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (90, 110), (120, 40, 40)).save(photo)
+    model, data = str(inputs.listing_model), str(inputs.data)
+    runs = [
+        (["eval", "-m", model, "-d", data, "--out", str(taken)], "is a file"),
+        (["predict", "-m", model, str(photo), "--out", str(folder)], "is a folder"),
+        (["eval", "-m", model, "-d", data, "--base-model", str(tmp_path / "typo")], "typo"),
+        (["predict", "-m", model, str(photo), "--device", "gpu0"], "'gpu0' is not a device"),
+    ]
+    for argv, cause in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert cause in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert taken.read_bytes() == b"keep me" and (folder / "kept.csv").read_bytes() == b"a,b\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listings", "photo.jpg", "results.txt"]

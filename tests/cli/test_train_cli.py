@@ -9,7 +9,7 @@ import pytest
 
 from vlmtune.cli.main import main
 from vlmtune.cli.train import generation_eval_for
-from vlmtune.models.loading import load_model_and_processor
+from vlmtune.inference.loading import load_model_and_processor
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.callbacks import read_metrics
 from vlmtune.utils.config import ConfigError, load_config

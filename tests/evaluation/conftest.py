@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from eval_fixtures import EvalInputs, build_eval_inputs
+from eval_fixtures import EvalInputs, shared_eval_inputs
 
 
 @pytest.fixture(scope="session")
 def eval_inputs(tmp_path_factory: pytest.TempPathFactory) -> EvalInputs:
-    return build_eval_inputs(tmp_path_factory.mktemp("eval-inputs"))
+    return shared_eval_inputs(tmp_path_factory)

@@ -1,5 +1,8 @@
 """Builders of the evaluation tests' inputs (imported by conftest.py and the tests; unique module name).
 
+Also used by ``tests/inference`` and ``tests/cli/test_eval_cli.py``, which load this file by
+path; :func:`shared_eval_inputs` builds the inputs once per test session for all.
+
 - ``write_prepared_dataset``: a prepared dataset folder as ``vlmtune prepare`` writes it;
 - ``build_eval_inputs``: that dataset (``ROWS``: 12 rows, 112x140 JPEGs, splits train/val/test,
   test rows chosen so that every metric of a constant answer is worked out by hand), a tiny random
@@ -11,10 +14,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -137,3 +142,13 @@ def build_eval_inputs(root: Path) -> EvalInputs:
     images = [Image.open(data / "images" / f"{pid}.jpg").convert("RGB") for pid, *_ in ROWS[:4]]
     listing_model = train_to_answer(checkpoint, images, LISTING, root / "listing-model")
     return EvalInputs(data=data, checkpoint=checkpoint, listing_model=listing_model)
+
+
+def shared_eval_inputs(factory: Any) -> EvalInputs:
+    """:func:`build_eval_inputs` once per test session (``factory``: the session's ``tmp_path_factory``)."""
+    return _inputs_under(factory.getbasetemp())
+
+
+@functools.cache
+def _inputs_under(basetemp: Path) -> EvalInputs:
+    return build_eval_inputs(basetemp / "shared-eval-inputs")

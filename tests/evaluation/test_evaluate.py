@@ -11,8 +11,10 @@ from eval_fixtures import LISTING, EvalInputs
 
 from vlmtune.data.prepared import load_prepared
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import EvalArgs, GenerationArgs
-from vlmtune.evaluation.evaluate import EvalError, evaluate_model, make_generation_eval, run_eval
+from vlmtune.evaluation.args import EvalArgs
+from vlmtune.evaluation.evaluate import EvalError, evaluate_model, make_generation_eval
+from vlmtune.evaluation.run import run_eval
+from vlmtune.inference.args import GenerationArgs, InferenceArgs
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 
 GEN = GenerationArgs(max_new_tokens=40, batch_size=3)
@@ -64,11 +66,13 @@ def test_run_eval_writes_predictions_metrics_and_report_with_base_model(
 ):
     out = tmp_path / "eval"
     args = EvalArgs(
-        model=eval_inputs.listing_model,
+        inference=InferenceArgs(
+            model=eval_inputs.listing_model,
+            generation=GenerationArgs(max_new_tokens=32, batch_size=4),
+        ),
         data=eval_inputs.data,
         base_model=eval_inputs.checkpoint,
         out=out,
-        generation=GenerationArgs(max_new_tokens=32, batch_size=4),
     )
     result = run_eval(args)
     assert result.out == out
@@ -92,16 +96,18 @@ def test_run_eval_on_a_run_folder_plots_its_curves(eval_inputs: EvalInputs, tmp_
     shutil.copytree(eval_inputs.listing_model, run / "model")
     events = [
         {"step": 1, "loss": 2.5},
+        {"step": 1, "eval_loss": 1.4, "eval_parse_rate": 0.5, "eval_n": 4},
         {"step": 2, "loss": 1.0},
-        {"step": 2, "eval_loss": 1.2, "eval_parse_rate": 1.0},
+        {"step": 2, "eval_loss": 1.2, "eval_parse_rate": 1.0, "eval_n": 4},
     ]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    result = run_eval(
-        EvalArgs(model=run, data=eval_inputs.data, split="val", limit=1, generation=GEN)
-    )
+    torn = '{"step": 3, "lo'  # a run killed while writing its log
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + torn)
+    inference = InferenceArgs(model=run, generation=GEN)
+    result = run_eval(EvalArgs(inference=inference, data=eval_inputs.data, split="val", limit=1))
     assert result.out == run / "eval-val"
     page = (run / "eval-val" / "report.html").read_text()
-    assert 'id="curves"' in page and page.count('<svg class="curve"') == 2
+    assert 'id="curves"' in page and page.count('<svg class="curve"') == 2  # loss, parse rate
+    assert 'data-name="eval_parse_rate"' in page and 'data-name="eval_n"' not in page
 
 
 def test_generation_eval_for_training_restores_train_mode_of_a_peft_model(eval_inputs: EvalInputs):
@@ -146,8 +152,8 @@ def test_an_unreadable_dataset_image_is_skipped_named_and_the_rest_scored(
     "kwargs,match",
     [
         ({"data": "d"}, "model: required"),
-        ({"model": "m"}, "data: required"),
-        ({"model": "m", "data": "d", "limit": 0}, "limit"),
+        ({"inference": InferenceArgs(model="m")}, "data: required"),
+        ({"inference": InferenceArgs(model="m"), "data": "d", "limit": 0}, "limit"),
     ],
 )
 def test_eval_args_are_validated(kwargs: dict, match: str):

@@ -21,6 +21,7 @@ from vlmtune.evaluation.report import (
     render_report,
     write_report,
 )
+from vlmtune.utils.jsonl import JsonlError
 
 # (reference title, category, price, generated text); APE: 0.1, 0.5, unread, 0.0, 2.0, 0.3
 SAMPLES = [
@@ -77,7 +78,14 @@ def report_data(tmp_path: Path) -> ReportData:
     refs = [r["reference"] for r in rows]
     parsed = [PromptTemplate().parse(r["generated"]) for r in rows]
     log = [{"step": s, "loss": 3.0 / s} for s in (1, 2, 3, 4)] + [
-        {"step": 4, "eval_loss": 1.1, "eval_parse_rate": 0.5}
+        {
+            "step": s,
+            "eval_loss": loss,
+            "eval_parse_rate": rate,
+            "eval_n": 6,
+            "eval_skipped_images": 0,
+        }
+        for s, loss, rate in ((2, 1.3, 0.25), (4, 1.1, 0.5))
     ]
     return ReportData(
         metrics=compute_metrics(refs, parsed),
@@ -131,16 +139,66 @@ def test_report_escapes_generated_text(tmp_path: Path, report_data: ReportData):
     )
 
 
+def test_report_escapes_a_title_and_facts_holding_markup(report_data: ReportData):
+    report_data.info["model"] = "runs/<script>alert('model')</script>"
+    report_data.info["data"] = 'd" onmouseover="alert(2)'
+    page = render_report(report_data)
+    assert "<script>alert" not in page and page.count("<script>") == 1  # only the page's own
+    assert (
+        "<title>vlmtune evaluation: runs/&lt;script&gt;alert(&#39;model&#39;)&lt;/script&gt;"
+        in page
+    )
+    assert "<dd>runs/&lt;script&gt;" in page and "<dd>d&#34; onmouseover=&#34;alert(2)</dd>" in page
+
+
+def test_constant_curves_are_named_not_drawn(report_data: ReportData):
+    page = render_report(report_data)
+    names = re.findall(r'<svg class="curve" data-name="([^"]+)"', page)
+    assert names == ["loss", "eval_parse_rate"]  # eval_n (always 6) and skipped images (0) are not
+    note = re.search(r'<p class="note" id="constant-curves">(.*?)</p>', page, re.S).group(1)
+    assert "eval_n = 6" in note and "eval_skipped_images = 0" in note
+
+
+def test_a_single_evaluation_is_named_not_drawn_as_a_one_point_chart(report_data: ReportData):
+    report_data.training_log = [
+        {"step": 1, "loss": 2.0},
+        {"step": 2, "loss": 1.0},
+        {"step": 2, "eval_loss": 1.2, "eval_parse_rate": 0.5},
+    ]
+    page = render_report(report_data)
+    assert re.findall(r'<svg class="curve" data-name="([^"]+)"', page) == ["loss"]
+    assert page.count('<polyline class="line') == 2  # the eval loss sits beside the train loss
+    assert "eval_parse_rate = 0.5" in page
+
+
+def test_the_loss_axis_starts_at_zero_so_heights_are_proportional_to_the_loss(
+    report_data: ReportData,
+):
+    page = render_report(report_data)
+    svg = re.search(r'<svg class="curve" data-name="loss".*?</svg>', page, re.S).group(0)
+    assert re.search(r'class="tick y-low"[^>]*>0</text>', svg)
+    height = int(re.search(r'height="(\d+)"', svg).group(1))
+    pad = int(re.search(r'<rect class="frame" x="(\d+)"', svg).group(1))
+    train_line = re.search(r'<polyline class="line s0" points="([^"]+)"', svg).group(1)
+    ys = [float(point.split(",")[1]) for point in train_line.split()]
+    above_axis = [height - pad - y for y in ys]  # loss 3.0, 1.5, 1.0, 0.75
+    # a fitted axis (lowest loss at the bottom) would draw 0.75 as 0 and 3.0 as all of the range
+    assert above_axis[3] / above_axis[0] == pytest.approx(0.75 / 3.0, abs=0.01)
+    assert above_axis[1] / above_axis[0] == pytest.approx(0.5, abs=0.01)
+
+
 def test_training_log_is_found_from_run_or_model_folder(tmp_path: Path):
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
-    (run / "metrics.jsonl").write_text(
-        '{"step": 1, "loss": 2.0}\nnot json\n\n{"step": 2, "loss": 1.0}\n'
-    )
-    assert find_training_log(run) == run / "metrics.jsonl"
-    assert find_training_log(run / "model") == run / "metrics.jsonl"
+    log = run / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n\n{"step": 2, "loss": 1.0}\n{"step": 3, "lo')
+    assert find_training_log(run) == log
+    assert find_training_log(run / "model") == log
     assert find_training_log(tmp_path / "elsewhere") is None
-    assert [e["loss"] for e in read_training_log(run / "metrics.jsonl")] == [2.0, 1.0]
+    assert [e["loss"] for e in read_training_log(log)] == [2.0, 1.0]  # the torn tail dropped
+    log.write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "loss": 1.0}\n')
+    with pytest.raises(JsonlError, match="line 2"):
+        read_training_log(log)
 
 
 def _chromium() -> str | None:

@@ -10,8 +10,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from vlmtune.data.dataset import BadImagesError
 from vlmtune.data.prepared import load_prepared
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs
 from vlmtune.evaluation.evaluate import make_generation_eval
+from vlmtune.inference.args import GenerationArgs
 from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.train import _setup, train
 

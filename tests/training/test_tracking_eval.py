@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from vlmtune.data.prepared import load_prepared
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs
 from vlmtune.evaluation.evaluate import make_generation_eval
+from vlmtune.inference.args import GenerationArgs
 from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.tracking import tracking_environment, wandb_mode
 from vlmtune.training.train import train

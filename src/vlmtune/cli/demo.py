@@ -30,7 +30,8 @@ from vlmtune.cli.train import generation_eval_for
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset
 from vlmtune.data.synthetic import SynthArgs, generate_catalog, serve_directory
 from vlmtune.evaluation.args import EvalArgs
-from vlmtune.evaluation.evaluate import run_eval
+from vlmtune.evaluation.run import run_eval
+from vlmtune.inference.args import InferenceArgs
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.init_model import InitModelArgs, init_model
 from vlmtune.training.train import train
@@ -190,7 +191,7 @@ def _load_recipe(recipe: Path, args: DemoArgs, paths: dict[str, Path]) -> TrainC
 
 def _eval_args(paths: dict[str, Path]) -> EvalArgs:
     return EvalArgs(
-        model=paths["run"],
+        inference=InferenceArgs(model=paths["run"]),
         data=paths["data"],
         split="test",
         base_model=paths["base_model"],

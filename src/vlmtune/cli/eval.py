@@ -9,11 +9,12 @@ from rich.console import Console
 from rich.table import Table
 
 from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
-from vlmtune.data.prepared import PreparedDatasetError
 from vlmtune.evaluation.args import EvalArgs
-from vlmtune.evaluation.evaluate import EvalError, EvalResult, run_eval
+from vlmtune.evaluation.evaluate import EvalResult
 from vlmtune.evaluation.metrics import METRICS
 from vlmtune.evaluation.report import BASELINE_LABELS
+from vlmtune.evaluation.run import run_eval
+from vlmtune.utils.errors import UserError
 
 __all__ = ["command", "summary_table"]
 
@@ -63,20 +64,20 @@ def command(
     base_model) and a self-contained report.html into the output folder.
     """
     flags = {
-        "model": model,
+        "inference.model": model,
         "data": data,
         "split": split,
         "limit": limit,
         "base_model": base_model,
         "out": out,
-        "device": device,
-        "generation.batch_size": batch_size,
-        "generation.max_new_tokens": max_new_tokens,
+        "inference.device": device,
+        "inference.generation.batch_size": batch_size,
+        "inference.generation.max_new_tokens": max_new_tokens,
     }
     args = build_config(EvalArgs, config, overrides, flags=flags)
     try:
         result = run_eval(args)
-    except (EvalError, PreparedDatasetError, FileNotFoundError) as err:
+    except UserError as err:
         typer.echo(f"vlmtune eval: {err}", err=True)
         raise typer.Exit(2) from err
     Console(stderr=True).print(summary_table(result))

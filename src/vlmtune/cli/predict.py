@@ -10,6 +10,7 @@ import typer
 from vlmtune.cli._common import CONFIG_OPTION, build_config
 from vlmtune.evaluation.args import PredictArgs
 from vlmtune.evaluation.predict import run_predict
+from vlmtune.utils.errors import UserError
 
 __all__ = ["command", "split_inputs"]
 
@@ -59,18 +60,18 @@ def command(
     """
     paths, overrides = split_inputs(items)
     flags = {
-        "model": model,
+        "inference.model": model,
         "out": out,
-        "device": device,
-        "generation.batch_size": batch_size,
-        "generation.max_new_tokens": max_new_tokens,
+        "inference.device": device,
+        "inference.generation.batch_size": batch_size,
+        "inference.generation.max_new_tokens": max_new_tokens,
     }
     if paths:
         flags["inputs"] = paths
     args = build_config(PredictArgs, config, overrides, flags=flags)
     try:
         result = run_predict(args)
-    except FileNotFoundError as err:
+    except UserError as err:
         typer.echo(f"vlmtune predict: {err}", err=True)
         raise typer.Exit(2) from err
     for row in result.failures:

@@ -13,8 +13,8 @@ from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
 from vlmtune.data.dataset import BadImagesError
 from vlmtune.data.prepared import PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs
 from vlmtune.evaluation.evaluate import make_generation_eval
+from vlmtune.inference.args import GenerationArgs
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.train import TrainResult, train
 from vlmtune.training.trainer import GenerationEval, NonFiniteLossError

@@ -1,10 +1,27 @@
-"""Typed configuration of ``vlmtune eval`` and ``vlmtune predict`` (one dataclass per concern).
+"""Typed configuration of ``vlmtune eval`` and ``vlmtune predict``.
 
-:class:`GenerationArgs` says how listings are generated (shared by evaluation,
-prediction and the evaluation run during training); :class:`EvalArgs` and
-:class:`PredictArgs` say what is evaluated or predicted and where results go.
-YAML files map 1:1 onto these dataclasses (``generation:`` and ``prompt:``
-sections); every field is validated in ``__post_init__`` with a message naming it.
+Both run a model, so both hold the shared :class:`~vlmtune.inference.args.InferenceArgs`
+as their ``inference`` section (model, device, dtype, seed, generation, prompt: the
+same block ``serve`` takes); around it each says what it reads and where it writes.
+The YAML of an eval config::
+
+    inference:                  # as in predict and serve (see vlmtune.inference.args)
+      model: runs/lora          # --model / -m
+      device: cuda              # --device
+      generation:
+        batch_size: 8           # --batch-size
+        max_new_tokens: 64      # --max-new-tokens
+    data: data/burberry         # --data / -d
+    split: test                 # --split
+    limit: null                 # --limit
+    base_model: null            # --base-model
+    out: null                   # --out / -o
+    overwrite: false            # --overwrite
+
+and of a predict config: ``inference`` as above, then ``inputs`` (the positional
+images), ``out``, ``overwrite`` and ``columns``. Dotted overrides follow the same
+keys (``inference.generation.batch_size=4``). Every field is validated in
+``__post_init__`` with a message naming it.
 """
 
 from __future__ import annotations
@@ -14,103 +31,76 @@ from pathlib import Path
 from typing import Literal
 
 from vlmtune.data.catalog import CatalogColumns
-from vlmtune.data.prompts import PromptArgs
+from vlmtune.inference.args import InferenceArgs
+from vlmtune.utils.config import flag
 
-__all__ = ["EvalArgs", "GenerationArgs", "PredictArgs"]
-
-
-@dataclass
-class GenerationArgs:
-    """How the model writes a listing: greedy decoding with a KV cache by default."""
-
-    max_new_tokens: int = 64
-    """Most tokens generated per listing; generation stops earlier at ``<|end|>`` or EOS."""
-    batch_size: int = 8
-    """Images per ``generate`` call (prompts are left-padded to the longest in the batch)."""
-    num_beams: int = 1
-    """Beam width; 1 is greedy (or sampling with ``do_sample``)."""
-    do_sample: bool = False
-    """Sample instead of taking the most likely token (non-deterministic unless seeded)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size", "num_beams"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+__all__ = ["EvalArgs", "PredictArgs"]
 
 
 @dataclass
 class EvalArgs:
     """``vlmtune eval``: generate a listing for every image of a split and score it field by field."""
 
-    model: Path | None = None
-    """Model to evaluate: an official-layout checkpoint, a PEFT adapter folder or a training run folder."""
-    data: Path | None = None
+    inference: InferenceArgs = field(default_factory=InferenceArgs)
+    """The model to evaluate and how it runs (``inference.model`` is required)."""
+    data: Path | None = flag("--data", "-d", default=None)
     """Prepared dataset folder (written by ``vlmtune prepare``)."""
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test"] = flag("--split", default="test")
     """Which split to evaluate; baselines always come from the ``train`` split when it exists."""
-    limit: int | None = None
+    limit: int | None = flag("--limit", default=None)
     """Evaluate only the first N rows of the split (all rows when unset)."""
-    base_model: Path | None = None
+    base_model: Path | None = flag("--base-model", default=None)
     """Optional model before fine-tuning, evaluated on the same rows for a before/after comparison."""
-    out: Path | None = None
+    out: Path | None = flag("--out", "-o", default=None)
     """Output folder for predictions.jsonl, metrics.json and report.html. Default: ``RUN/eval-SPLIT``
     for a training run folder, else ``eval-MODELNAME-SPLIT`` in the working directory."""
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    """Weights' dtype at inference (default: as the checkpoint loader decides)."""
-    device: str | None = None
-    """Torch device (``cpu``, ``cuda``, ``cuda:1``); default cuda when available, else cpu."""
-    seed: int = 0
-    """Seed for sampling (``generation.do_sample``); greedy decoding does not depend on it."""
-    generation: GenerationArgs = field(default_factory=GenerationArgs)
-    """Decoding settings."""
-    prompt: PromptArgs = field(default_factory=PromptArgs)
-    """The prompt the model was trained with (style, question, fields)."""
+    overwrite: bool = flag("--overwrite", default=False)
+    """Replace an output folder that holds something other than an earlier eval of the same
+    model, base model, data and split (never one of the inputs)."""
 
     def __post_init__(self) -> None:
-        if self.model is None or not str(self.model).strip():
-            raise ValueError("model: required (a checkpoint, adapter or run folder; --model)")
+        self.inference.require_model()
         if self.data is None or not str(self.data).strip():
             raise ValueError("data: required (a prepared dataset folder; --data)")
         if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
             raise ValueError(f"limit: must be a positive integer or unset, got {self.limit!r}")
         if self.split not in ("train", "val", "test"):
             raise ValueError(f"split: {self.split!r} is not one of train, val, test")
-        self.model, self.data = Path(self.model), Path(self.data)
+        self.data = Path(self.data)
         self.base_model = Path(self.base_model) if self.base_model is not None else None
         self.out = Path(self.out) if self.out is not None else None
+
+    @property
+    def model(self) -> Path:
+        """The model evaluated (``inference.model``)."""
+        return self.inference.require_model()
 
 
 @dataclass
 class PredictArgs:
     """``vlmtune predict``: one listing per image file, written as CSV."""
 
-    model: Path | None = None
-    """Model to run: an official-layout checkpoint, a PEFT adapter folder or a training run folder."""
-    inputs: list[Path] = field(default_factory=list)
+    inference: InferenceArgs = field(default_factory=InferenceArgs)
+    """The model to run and how it runs (``inference.model`` is required)."""
+    inputs: list[Path] = flag(argument=True, default_factory=list)
     """Image files and/or folders (a folder contributes its image files, recursively, sorted)."""
-    out: Path = Path("predictions.csv")
+    out: Path = flag("--out", "-o", default=Path("predictions.csv"))
     """CSV written with columns image, title, category, price (named by ``columns``), raw_text, error."""
+    overwrite: bool = flag("--overwrite", default=False)
+    """Replace an existing file at ``out`` that is not an earlier predict CSV (never an input)."""
     columns: CatalogColumns = field(default_factory=CatalogColumns)
     """Names of the title, category and price columns of the CSV (DBQ names by default)."""
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    """Weights' dtype at inference (default: as the checkpoint loader decides)."""
-    device: str | None = None
-    """Torch device; default cuda when available, else cpu."""
-    seed: int = 0
-    """Seed for sampling (``generation.do_sample``)."""
-    generation: GenerationArgs = field(default_factory=GenerationArgs)
-    """Decoding settings."""
-    prompt: PromptArgs = field(default_factory=PromptArgs)
-    """The prompt the model was trained with."""
 
     def __post_init__(self) -> None:
-        if self.model is None or not str(self.model).strip():
-            raise ValueError("model: required (a checkpoint, adapter or run folder; --model)")
+        self.inference.require_model()
         if not self.inputs:
             raise ValueError("inputs: give at least one image file or folder")
         if str(self.out).strip() in ("", "."):
             raise ValueError(f"out: {str(self.out)!r} is not a file path")
-        self.model = Path(self.model)
         self.inputs = [Path(p) for p in self.inputs]
         self.out = Path(self.out)
+
+    @property
+    def model(self) -> Path:
+        """The model run (``inference.model``)."""
+        return self.inference.require_model()

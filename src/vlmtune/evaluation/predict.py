@@ -7,6 +7,12 @@ becomes a row with an ``error`` and a warning, and the other images are still
 processed. Photos are turned upright by their EXIF orientation before the
 model sees them. The CSV has the columns ``image``, the catalog's title,
 category and price columns (DBQ names by default), ``raw_text`` and ``error``.
+
+Before any model is loaded, :func:`run_predict` checks the device, the model
+folder and the output: ``--out`` must name a file that is missing, an earlier
+predict CSV (recognised by its header) or, with ``--overwrite``, any other file;
+never a folder and never one of the inputs. The CSV is written atomically, so an
+earlier one stays whole until the new one is complete.
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ from PIL import Image, ImageOps
 
 from vlmtune.data.catalog import CatalogColumns
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs, PredictArgs
-from vlmtune.evaluation.generate import check_image, generate_listings
-from vlmtune.models.loading import load_model_and_processor
-from vlmtune.utils.devices import torch_dtype
+from vlmtune.evaluation.args import PredictArgs
+from vlmtune.inference.args import GenerationArgs
+from vlmtune.inference.generate import check_image, generate_listings
+from vlmtune.inference.loading import ModelLocation, check_model, load_model_and_processor
+from vlmtune.utils.devices import resolve_device, resolve_dtype
 from vlmtune.utils.io import atomic_path
 from vlmtune.utils.logging import get_logger
+from vlmtune.utils.outputs import OutputClaim, claim_output_file
 from vlmtune.utils.seeding import seed_everything
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "PredictResult",
     "collect_images",
+    "is_predictions_csv",
     "predict_images",
     "read_image",
     "run_predict",
@@ -42,6 +51,8 @@ __all__ = [
 log = get_logger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+_HEADER_BYTES = 1 << 16
+"""Most bytes read to recognise an earlier predict CSV by its first line."""
 
 
 @dataclass
@@ -119,7 +130,7 @@ def predict_images(
             if row["error"] is None:
                 _fill(row, next(texts), template)
         rows += chunk_rows
-        log.info("predicted %d/%d image(s)", len(rows), len(paths))
+        log.info("predicted %s", _counts(rows, len(paths)))
     return rows
 
 
@@ -146,20 +157,55 @@ def write_predictions_csv(
     return Path(path)
 
 
+def is_predictions_csv(path: str | Path) -> bool:
+    """True when ``path`` starts with the header :func:`write_predictions_csv` writes
+    (``image``, three field columns of any name, ``raw_text``, ``error``)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader([handle.readline(_HEADER_BYTES)]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return len(header) == 6 and header[0] == "image" and header[4:] == ["raw_text", "error"]
+
+
 def run_predict(args: PredictArgs) -> PredictResult:
-    """Load ``args.model``, predict every input image, write ``args.out``."""
-    seed_everything(args.seed)
+    """Check the device, model and output; load ``args.model``; predict every input image; write ``args.out``."""
+    inference = args.inference
+    device = resolve_device(inference.device)
+    dtype = resolve_dtype(inference.dtype, device)
+    location = check_model(args.model, "--model")
+    claim = _claim_output(args, location)
+    seed_everything(inference.seed)
     paths, problems = collect_images(args.inputs)
     for path, reason in problems:
         log.warning("skipped %s: %s", path, reason)
     rows: list[dict[str, Any]] = []
     if paths:
-        dtype = torch_dtype(args.dtype) if args.dtype else None
-        model, processor = load_model_and_processor(args.model, dtype=dtype, device=args.device)
-        rows = predict_images(model, processor, paths, PromptTemplate(args.prompt), args.generation)
+        model, processor = load_model_and_processor(location, dtype=dtype, device=device)
+        template = PromptTemplate(inference.prompt)
+        rows = predict_images(model, processor, paths, template, inference.generation)
     rows += [_row(path, reason) for path, reason in problems]
-    out = write_predictions_csv(args.out, rows, args.columns)
+    out = write_predictions_csv(claim.path, rows, args.columns)
+    log.info("predicted %s -> %s", _counts(rows, len(rows)), out)
     return PredictResult(rows=rows, out=out)
+
+
+def _claim_output(args: PredictArgs, location: ModelLocation) -> OutputClaim:
+    inputs: dict[str, Path | None] = {
+        "the model": args.model,
+        "the adapter's base model": location.base_dir,
+    }
+    inputs.update({f"input {i} of {len(args.inputs)}": p for i, p in enumerate(args.inputs, 1)})
+    return claim_output_file(
+        args.out, "predict", inputs=inputs, overwrite=args.overwrite, is_own=is_predictions_csv
+    )
+
+
+def _counts(rows: Sequence[dict[str, Any]], total: int) -> str:
+    """``4/5 image(s), 1 failed``: listings written out of ``total``, and the failures so far."""
+    failed = sum(1 for row in rows if row["error"])
+    text = f"{len(rows) - failed}/{total} image(s)"
+    return text + (f", {failed} failed" if failed else "")
 
 
 def _usable_image(path: Path, processor: Any) -> Image.Image:

@@ -1,6 +1,6 @@
 """Merging a LoRA run's adapter into its base model: an official-layout Phi-3-V checkpoint.
 
-peft's ``merge_and_unload`` (through :func:`vlmtune.models.loading.load_model_and_processor`)
+peft's ``merge_and_unload`` (through :func:`vlmtune.inference.loading.load_model_and_processor`)
 folds each adapter into its Linear layer (``W + B @ A * alpha / r``); the merged model is saved by
 ``Phi3VForCausalLM.save_pretrained`` in the official key layout, with the run's
 processor files, so it loads in ``Phi3VForCausalLM.from_pretrained`` (and other
@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from vlmtune.models.loading import load_model_and_processor, resolve_model_dir
+from vlmtune.inference.loading import load_model_and_processor, resolve_model_dir
 from vlmtune.utils.config import ConfigError
 from vlmtune.utils.devices import DTYPE_NAMES, torch_dtype
 from vlmtune.utils.logging import get_logger

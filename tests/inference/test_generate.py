@@ -8,8 +8,8 @@ from eval_fixtures import LISTING, EvalInputs
 from PIL import Image
 
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs
-from vlmtune.evaluation.generate import generate_listings, stop_token_ids
+from vlmtune.inference.args import GenerationArgs
+from vlmtune.inference.generate import generate_listings, stop_token_ids
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 
 
@@ -63,15 +63,27 @@ def test_batched_generation_equals_one_at_a_time(eval_inputs: EvalInputs):
     assert all(isinstance(t, str) for t in batched) and len(batched) == 4
 
 
-def test_generation_leaves_gradients_off_and_mode_alone(eval_inputs: EvalInputs):
+def test_generation_builds_no_autograd_graph_and_leaves_the_mode_alone(eval_inputs: EvalInputs):
     model = Phi3VForCausalLM.from_pretrained(eval_inputs.checkpoint)
     processor = Phi3VProcessor.from_pretrained(eval_inputs.checkpoint)
     model.eval()
-    generate_listings(
-        model, processor, _images(1), PromptTemplate(), GenerationArgs(max_new_tokens=2)
-    )
-    assert not model.training and all(p.grad is None for p in model.parameters())
-    assert torch.is_grad_enabled()
+    seen: list[tuple[bool, bool]] = []  # (grad mode, logits part of a graph) at every forward
+
+    def probe(module, args, kwargs, output):
+        seen.append((torch.is_grad_enabled(), output.logits.requires_grad))
+
+    handle = model.register_forward_hook(probe, with_kwargs=True)
+    try:
+        model(input_ids=torch.tensor([[1, 5, 9]]))  # the probe sees a graph where there is one
+        assert seen == [(True, True)]
+        seen.clear()
+        generate_listings(
+            model, processor, _images(2), PromptTemplate(), GenerationArgs(max_new_tokens=3)
+        )
+    finally:
+        handle.remove()
+    assert len(seen) >= 2 and set(seen) == {(False, False)}  # prefill and decoding steps
+    assert not model.training and torch.is_grad_enabled()
 
 
 def test_stop_tokens_are_end_and_eos(eval_inputs: EvalInputs):

@@ -8,8 +8,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from vlmtune.models.loading import load_model_and_processor, resolve_model_dir
+from vlmtune.inference.loading import (
+    ModelFolderError,
+    check_model,
+    load_model_and_processor,
+    resolve_model_dir,
+)
 from vlmtune.models.phi3v import Phi3VForCausalLM, build_tiny_phi3v, tiny_phi3v_config
+from vlmtune.utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +83,22 @@ def test_adapter_is_merged_into_its_base(checkpoint, tmp_path):
 
 
 def test_unknown_folder_and_missing_base_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a Phi-3-V checkpoint"):
+    with pytest.raises(ModelFolderError, match="neither a Phi-3-V checkpoint"):
         resolve_model_dir(tmp_path)
     (tmp_path / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": "/nowhere"})
     )
-    with pytest.raises(FileNotFoundError, match="names base model '/nowhere'"):
+    with pytest.raises(ModelFolderError, match="names base model '/nowhere'"):
         resolve_model_dir(tmp_path)
+    (tmp_path / "adapter_config.json").write_text('{"base_model_name_or_path": ')
+    with pytest.raises(ModelFolderError, match="adapter_config.json' is not readable JSON"):
+        resolve_model_dir(tmp_path)
+
+
+def test_check_model_names_the_option_in_one_line_user_error(checkpoint, tmp_path):
+    assert check_model(checkpoint).model_dir == checkpoint
+    with pytest.raises(UserError) as err:
+        check_model(tmp_path / "bse-model", "--base-model")
+    message = str(err.value)
+    assert message.startswith("--base-model ") and "bse-model' does not exist" in message
+    assert "\n" not in message and isinstance(err.value, FileNotFoundError)

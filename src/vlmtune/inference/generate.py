@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from vlmtune.data.prompts import END_TOKEN, PromptTemplate
-from vlmtune.evaluation.args import GenerationArgs
+from vlmtune.inference.args import GenerationArgs
 
 __all__ = ["check_image", "generate_listings", "stop_token_ids"]
 

@@ -10,6 +10,8 @@ Accepted folders:
 
 The processor (tokenizer + image processor) is read from the same folder as the
 weights' final form, so a fine-tuned model is always paired with its own tokenizer.
+:func:`check_model` is what a verb calls before any work (a wrong folder is a
+one-line :class:`ModelFolderError`); :func:`load_model_and_processor` does the loading.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ import torch
 
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.utils.devices import default_dtype, resolve_device
+from vlmtune.utils.errors import UserError
 
-__all__ = ["ModelLocation", "load_model_and_processor", "resolve_model_dir"]
+__all__ = [
+    "ModelFolderError",
+    "ModelLocation",
+    "check_model",
+    "load_model_and_processor",
+    "resolve_model_dir",
+]
+
+
+class ModelFolderError(UserError, FileNotFoundError):
+    """A model folder cannot be used (missing, not a model, adapter without its base)."""
 
 
 @dataclass(frozen=True)
@@ -41,28 +54,45 @@ class ModelLocation:
 def resolve_model_dir(path: str | Path) -> ModelLocation:
     """Classify ``path`` as a checkpoint, an adapter or a run folder; raise with what is missing."""
     path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelFolderError(
+            f"{str(path)!r} does not exist; give a checkpoint, a PEFT adapter or a training run folder"
+        )
     run_dir = None
     if (path / "model").is_dir() and not (path / "config.json").is_file():
         run_dir, path = path, path / "model"
     adapter_cfg = path / "adapter_config.json"
     if adapter_cfg.is_file():
-        base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        base = _adapter_base(adapter_cfg)
         if not base or not (Path(base) / "config.json").is_file():
-            raise FileNotFoundError(
+            raise ModelFolderError(
                 f"adapter {str(path)!r} names base model {base!r}, which is not a checkpoint folder here; "
                 "merge it where the base exists (`vlmtune merge`) or fix base_model_name_or_path"
             )
         return ModelLocation(model_dir=path, base_dir=Path(base), run_dir=run_dir)
     if (path / "config.json").is_file():
         return ModelLocation(model_dir=path, run_dir=run_dir)
-    raise FileNotFoundError(
+    raise ModelFolderError(
         f"{str(path)!r} is neither a Phi-3-V checkpoint (config.json), a PEFT adapter "
         "(adapter_config.json) nor a training run folder (model/)"
     )
 
 
+def check_model(path: str | Path, option: str = "--model") -> ModelLocation:
+    """Resolve ``path`` before any work; a folder that cannot be used is a :class:`ModelFolderError`
+    whose one-line message starts with ``option`` (the flag the user gave it with)."""
+    try:
+        location = resolve_model_dir(path)
+    except ModelFolderError as err:
+        raise ModelFolderError(f"{option} {err}") from None
+    # The one place a model folder is checked before loading: the weights of
+    # location.model_dir (and location.base_dir for an adapter) present and readable
+    # are checked here, by vlmtune.models.folder.check_model_folder once it exists.
+    return location
+
+
 def load_model_and_processor(
-    path: str | Path,
+    path: str | Path | ModelLocation,
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     device: str | torch.device | None = None,
@@ -71,8 +101,8 @@ def load_model_and_processor(
 
     ``dtype`` defaults to float32 on CPU and bfloat16 on a GPU that supports it.
     """
-    location = resolve_model_dir(path)
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    location = path if isinstance(path, ModelLocation) else resolve_model_dir(path)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     dtype = dtype if dtype is not None else default_dtype(device)
     weights_dir = location.base_dir or location.model_dir
     model = Phi3VForCausalLM.from_pretrained(
@@ -84,3 +114,12 @@ def load_model_and_processor(
         model = PeftModel.from_pretrained(model, location.model_dir).merge_and_unload()
     processor = Phi3VProcessor.from_pretrained(location.model_dir)
     return model.to(device).eval(), processor
+
+
+def _adapter_base(adapter_cfg: Path) -> str | None:
+    try:
+        config = json.loads(adapter_cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"{str(adapter_cfg)!r} is not readable JSON ({err})") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return base if isinstance(base, str) else None
