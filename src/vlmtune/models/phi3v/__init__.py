@@ -8,7 +8,10 @@ against golden vectors computed with it. One role per file:
 - ``image_processing_phi3v``: ``Phi3VImageProcessor`` (the HD transform, no torchvision);
 - ``processing_phi3v``: ``Phi3VProcessor`` (tokenizer + images -> batched model inputs);
 - ``modeling_phi3v``: ``Phi3VForCausalLM`` (``Phi3Model`` + ``CLIPVisionModel`` + HD embedding);
+- ``image_embedding_phi3v``: the HD image embedding (CLIP features, 2x2 merge, separators, MLP);
 - ``convert_phi3v_weights``: the official key table, strict load/save;
+- ``hub_files``: a folder shaped like the hub's (generation config, remote code, ``vllm serve``);
+- ``tokenizer_files``: tokenizer files in the classic form transformers 4.4x and 5 both read;
 - ``testing``: tiny random models.
 """
 
@@ -18,6 +21,11 @@ from vlmtune.models.phi3v.convert_phi3v_weights import (
     native_to_official,
     official_key_table,
     official_to_native,
+)
+from vlmtune.models.phi3v.hub_files import (
+    missing_remote_code,
+    save_model_folder,
+    vllm_serve_command,
 )
 from vlmtune.models.phi3v.image_processing_phi3v import Phi3VImageProcessor
 from vlmtune.models.phi3v.modeling_phi3v import (
@@ -37,8 +45,11 @@ __all__ = [
     "build_tiny_phi3v",
     "load_official_state_dict",
     "lora_target_modules",
+    "missing_remote_code",
     "native_to_official",
     "official_key_table",
     "official_to_native",
+    "save_model_folder",
     "tiny_phi3v_config",
+    "vllm_serve_command",
 ]
