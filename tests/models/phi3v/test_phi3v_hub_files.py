@@ -152,3 +152,23 @@ def test_the_vllm_command_serves_the_folder_by_its_absolute_path(tmp_path, monke
     assert "--trust-remote-code" in words
     assert json.loads(words[words.index("--limit-mm-per-prompt") + 1]) == {"image": 1}
     assert int(words[words.index("--max-model-len") + 1]) == 4096
+
+
+def test_source_files_are_kept_only_while_the_tokenizer_is_unchanged(tmp_path, golden_processor):
+    source = tmp_path / "source"
+    golden_processor.save_pretrained(source)
+    (source / "tokenizer.model").write_bytes(b"sentencepiece model of the source")
+    (source / "added_tokens.json").write_text('{"<|end|>": 32007}')
+    loaded = Phi3VProcessor.from_pretrained(source)
+    loaded.save_pretrained(tmp_path / "same")
+    for name in ("tokenizer.model", "added_tokens.json", "tokenizer.json"):
+        assert (tmp_path / "same" / name).read_bytes() == (source / name).read_bytes(), name
+    loaded.tokenizer.add_tokens(["<|listing|>"])
+    loaded.save_pretrained(tmp_path / "changed")
+    assert not (tmp_path / "changed" / "tokenizer.model").exists(), (
+        "it would describe another vocabulary"
+    )
+    added = _json(tmp_path / "changed" / "tokenizer.json")["added_tokens"]
+    assert added[-1]["content"] == "<|listing|>"
+    decoder = _json(tmp_path / "changed" / "tokenizer_config.json")["added_tokens_decoder"]
+    assert decoder[str(added[-1]["id"])]["content"] == "<|listing|>"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import pad_rows
@@ -337,6 +339,9 @@ def test_language_model_follows_a_replaced_embedding_table():
     assert model.language_model.training
     model.eval()
     assert not model.language_model.training
+    twin = copy.deepcopy(model)  # the decoder of a copy runs over the copy's own modules
+    assert twin.language_model.layers is twin.model.layers is not model.model.layers
+    assert twin.language_model.embed_tokens is twin.get_input_embeddings()
 
 
 def test_images_with_inputs_embeds_are_refused_not_dropped(tiny_model, tiny_batch):
@@ -353,8 +358,6 @@ def test_images_with_inputs_embeds_are_refused_not_dropped(tiny_model, tiny_batc
 
 
 def test_configs_passed_in_are_never_changed(tmp_path):
-    import copy
-
     config = tiny_phi3v_config(vocab_size=128, pad_token_id=0, eos_token_id=2)
     before = copy.deepcopy(vars(config))
     model = build_tiny_phi3v(config)

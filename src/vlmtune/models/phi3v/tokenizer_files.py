@@ -13,22 +13,26 @@ meant for other runtimes (transformers 4.4x with the official remote code, vLLM)
 - ``tokenizer_config.json``: a classic tokenizer class (``LlamaTokenizer``,
   ``PreTrainedTokenizerFast``), ``additional_special_tokens``, special tokens as strings, the chat
   template inline, ``added_tokens_decoder`` as in ``tokenizer.json``;
-- ``special_tokens_map.json``: the special tokens with their flags.
+- ``special_tokens_map.json``: the special tokens with their flags;
+- the source's ``tokenizer.model`` and ``added_tokens.json``, when it has them and the tokenizer is
+  unchanged (SentencePiece-based runtimes read those).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from vlmtune.utils.io import atomic_write_json, atomic_write_text
+from vlmtune.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = ["TOKENIZER_FILES", "save_tokenizer_files"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_KEPT_FROM_SOURCE = ("tokenizer.model", "added_tokens.json")
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
 _FLAGS = ("content", "lstrip", "normalized", "rstrip", "single_word")
 # Keys transformers 5 writes that the classic form does not have (or has under another name).
@@ -57,7 +61,8 @@ def save_tokenizer_files(
     """
     folder = Path(folder)
     source = Path(source) if source is not None else None
-    tokenizer_json = _classic_merges(_tokenizer_json(tokenizer, source))
+    tokenizer_json, unchanged = _tokenizer_json(tokenizer, source)
+    tokenizer_json = _classic_merges(tokenizer_json)
     added = {
         str(token["id"]): {key: token[key] for key in (*_FLAGS, "special")}
         for token in sorted(tokenizer_json.get("added_tokens", []), key=lambda t: t["id"])
@@ -69,13 +74,19 @@ def save_tokenizer_files(
     )
     atomic_write_json(folder / "tokenizer_config.json", config)
     atomic_write_json(folder / "special_tokens_map.json", _special_tokens_map(config, added))
+    for name in _KEPT_FROM_SOURCE if unchanged else ():
+        if (source / name).is_file() and (source / name).resolve() != (folder / name).resolve():
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(source / name, tmp)
     # transformers 5 would prefer a stale template file over the inline one just written
     (folder / "chat_template.jinja").unlink(missing_ok=True)
 
 
-def _tokenizer_json(tokenizer: PreTrainedTokenizerBase, source: Path | None) -> dict[str, Any]:
-    """The source's ``tokenizer.json`` when ``tokenizer`` has its vocabulary and added tokens
-    (transformers 5 rebuilds Llama's pipeline on load), else the tokenizer's own."""
+def _tokenizer_json(
+    tokenizer: PreTrainedTokenizerBase, source: Path | None
+) -> tuple[dict[str, Any], bool]:
+    """(the source's ``tokenizer.json``, True) when ``tokenizer`` has its vocabulary and added
+    tokens (transformers 5 rebuilds Llama's pipeline on load), else (the tokenizer's own, False)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(
@@ -85,8 +96,8 @@ def _tokenizer_json(tokenizer: PreTrainedTokenizerBase, source: Path | None) -> 
     current = json.loads(backend.to_str())
     original = _read_json(source, "tokenizer.json")
     if original and _same_tokens(original, current):
-        return original
-    return current
+        return original, True
+    return current, False
 
 
 def _same_tokens(a: dict[str, Any], b: dict[str, Any]) -> bool:
