@@ -80,9 +80,9 @@ class Phi3VProcessor:
     ) -> None:
         self.image_processor = image_processor
         self.tokenizer = tokenizer
+        # the folder the tokenizer was read from: save_pretrained writes its files back (what
+        # transformers 5 would write, only it reads)
         self.tokenizer_source = Path(tokenizer_source) if tokenizer_source is not None else None
-        """The folder the tokenizer was read from: its tokenizer files are what ``save_pretrained``
-        writes back (transformers 5 would rewrite them in a form only it reads)."""
 
     @classmethod
     def from_pretrained(
