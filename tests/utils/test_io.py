@@ -49,3 +49,25 @@ def test_a_failed_atomic_write_bytes_keeps_the_old_file_and_leaves_no_temp(tmp_p
         atomic_write_bytes(target, "text, not bytes")  # fails inside the write
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["img.jpg"]
+
+
+def test_atomic_path_gives_the_usual_mode_when_the_writer_replaces_the_file(tmp_path):
+    """safetensors writes through its own 0600 temporary file, renamed onto the path it is given."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+        with atomic_path(tmp_path / "other.bin") as tmp:
+            private = tmp.with_name("private")
+            private.write_bytes(b"x")
+            private.chmod(0o600)
+            private.replace(tmp)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "other.bin").stat().st_mode & 0o777 == 0o644

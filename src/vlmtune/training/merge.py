@@ -1,33 +1,78 @@
-"""Merging a LoRA run's adapter into its base model: an official-layout Phi-3-V checkpoint.
+"""Merging a LoRA run's adapter into its base model: a checkpoint folder shaped like the hub's.
 
 peft's ``merge_and_unload`` (through :func:`vlmtune.inference.loading.load_model_and_processor`)
-folds each adapter into its Linear layer (``W + B @ A * alpha / r``); the merged model is saved by
-``Phi3VForCausalLM.save_pretrained`` in the official key layout, with the run's
-processor files, so it loads in ``Phi3VForCausalLM.from_pretrained`` (and other
-Phi-3-V runtimes) with no peft involved. The folder is written beside its target
-and renamed into place, so a failed merge leaves no partial checkpoint.
+folds each adapter into its Linear layer (``W + B @ A * alpha / r``); the merged model is written
+by :func:`~vlmtune.models.phi3v.save_model_folder` in the official layout (weights with the
+official key names, sharded with an index above ``max_shard_size``; ``config.json``,
+``generation_config.json``, tokenizer and processor files as the hub has them; the base model's
+own remote-code ``*.py`` files copied over), so it loads in ``Phi3VForCausalLM.from_pretrained``,
+the official remote code and vLLM, with no peft involved.
+
+The output follows the output policy (:mod:`vlmtune.utils.outputs`): checked before anything is
+loaded (never the run, its adapter or its base model, whatever ``--overwrite`` says), built
+beside its target and swapped in, so a failed merge leaves the old folder whole.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from vlmtune.models.folder import check_model_folder
 from vlmtune.inference.loading import load_model_and_processor, resolve_model_dir
-from vlmtune.utils.config import ConfigError
-from vlmtune.utils.devices import DTYPE_NAMES, torch_dtype
+from vlmtune.models.phi3v import missing_remote_code, save_model_folder, vllm_serve_command
+from vlmtune.utils.config import ConfigError, flag
+from vlmtune.utils.devices import DTYPE_NAMES, dtype_name, torch_dtype
 from vlmtune.utils.logging import get_logger
+from vlmtune.utils.outputs import claim_output_dir, replace_dir
 
-__all__ = ["ADAPTER_CONFIG", "adapter_dir_of", "merge_adapter"]
+__all__ = ["ADAPTER_CONFIG", "MergeArgs", "MergeResult", "adapter_dir_of", "merge", "merge_adapter"]
 
 log = get_logger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?", re.IGNORECASE)
+_UNITS = {
+    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+
+
+@dataclass
+class MergeArgs:
+    """What ``vlmtune merge`` merges and where it writes the merged checkpoint."""
+
+    run: Path = flag(argument=True)
+    """Training run folder (RUN/model holds the adapter) or an adapter folder."""
+    out: Path = flag("--out", "-o")
+    """Folder to write the merged checkpoint to; never the run, its adapter or its base model."""
+    dtype: str = flag("--dtype", default="auto")
+    """auto (the base checkpoint's), float32, bfloat16 or float16."""
+    overwrite: bool = flag("--overwrite", default=False)
+    """Replace ``out`` even when it holds something else than an earlier merge of this run."""
+    max_shard_size: str = flag("--max-shard-size", default="5GB")
+    """Largest safetensors file (e.g. 5GB, 500MB); a bigger model is sharded with an index file."""
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"dtype={self.dtype!r}: use auto, {', '.join(DTYPE_NAMES)}")
+        _bytes(self.max_shard_size)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """The merged folder and how to serve it."""
+
+    path: Path
+    """The merged checkpoint folder."""
+    vllm_command: str
+    """``vllm serve`` command line for the folder."""
+    missing_for_vllm: tuple[str, ...]
+    """Remote-code files vLLM needs that the base model did not have (empty: it can serve it)."""
 
 
 def adapter_dir_of(source: str | Path) -> Path:
@@ -42,41 +87,58 @@ def adapter_dir_of(source: str | Path) -> Path:
     )
 
 
-def merge_adapter(
-    source: str | Path,
-    out: str | Path,
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-) -> Path:
-    """Merge the adapter of ``source`` (run or adapter folder) into its base; write ``out``; return it.
+def merge(args: MergeArgs) -> MergeResult:
+    """Merge the adapter of ``args.run`` into its base; write ``args.out``; say how to serve it.
 
-    The merge is computed in float32; ``dtype`` ``auto`` then casts to the base
-    checkpoint's dtype. Raises :class:`ConfigError` when ``source`` holds no adapter.
+    The merge is computed in float32; ``dtype`` ``auto`` then casts to the base checkpoint's
+    dtype. Raises a :class:`~vlmtune.utils.errors.UserError` (before loading anything) when the
+    run holds no adapter, a model folder is incomplete, or ``out`` may not be written.
     """
-    adapter_dir, out = adapter_dir_of(source), Path(out)
-    location = resolve_model_dir(adapter_dir)
-    merged, processor = load_model_and_processor(adapter_dir, dtype=torch.float32, device="cpu")
-    target_dtype = torch_dtype(dtype) if dtype != "auto" else _checkpoint_dtype(location.base_dir)
-    merged = merged.to(target_dtype)
-    merged.config.dtype = target_dtype  # recorded as torch_dtype in config.json
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    adapter_dir = adapter_dir_of(args.run)
     try:
-        merged.save_pretrained(str(staging))
-        processor.save_pretrained(str(staging))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info(
-        "merged %s into %s -> %s (%s)",
-        adapter_dir,
-        location.base_dir,
-        out,
-        str(target_dtype).removeprefix("torch."),
-    )
-    return out
+        location = resolve_model_dir(adapter_dir)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    base_dir = location.base_dir
+    check_model_folder(adapter_dir)
+    check_model_folder(base_dir)
+    identity = {"adapter": str(adapter_dir.resolve()), "base": str(Path(base_dir).resolve())}
+    inputs = {
+        "the run being merged": args.run,
+        "its adapter": adapter_dir,
+        "its base model": base_dir,
+    }
+    claim_output_dir(args.out, "merge", inputs=inputs, overwrite=args.overwrite, identity=identity)
+    merged, processor = load_model_and_processor(adapter_dir, dtype=torch.float32, device="cpu")
+    target = torch_dtype(args.dtype) if args.dtype != "auto" else _checkpoint_dtype(base_dir)
+    merged = merged.to(target)
+    with replace_dir(args.out, "merge", identity) as staging:
+        save_model_folder(
+            merged,
+            processor,
+            staging,
+            remote_code_from=base_dir,
+            max_shard_size=_bytes(args.max_shard_size),
+        )
+    out = Path(args.out)
+    log.info("merged %s into %s -> %s (%s)", adapter_dir, base_dir, out, dtype_name(target))
+    return MergeResult(out, vllm_serve_command(out), tuple(missing_remote_code(out)))
+
+
+def merge_adapter(source: str | Path, out: str | Path, dtype: str = "auto") -> Path:
+    """:func:`merge` with the default settings; returns the merged folder."""
+    return merge(MergeArgs(run=Path(source), out=Path(out), dtype=dtype)).path
+
+
+def _bytes(size: str) -> int:
+    """``5GB``, ``500MB``, ``1.5GiB`` or a number of bytes, as bytes."""
+    match = _SIZE.fullmatch(str(size).strip())
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()] if match else 0
+    if value < 1:
+        raise ConfigError(
+            f"max_shard_size={size!r} is not a size; use e.g. 5GB, 500MB or a number of bytes"
+        )
+    return int(value)
 
 
 def _checkpoint_dtype(base_dir: Path | None) -> torch.dtype:

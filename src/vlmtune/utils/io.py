@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +33,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     tmp, fd = _new_temporary(target)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     with _committed(tmp, target):
         yield tmp
         _fsync_file(tmp)
+        # A library may replace the path with a file of its own (safetensors renames a private
+        # 0600 temporary onto it): the result gets the mode every new file gets (0666 - umask).
+        os.chmod(tmp, mode)
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -66,13 +67,71 @@ def test_saves_the_official_layout(tmp_path, golden):
         "original_max_position_embeddings",
         "max_position_embeddings",
         "rope_theta",
-        "auto_map",
+        "architectures",
+        "torch_dtype",
+        "use_cache",
     ):
         assert saved[key] == original[key], key
+    assert "auto_map" not in saved, "the folder holds none of the remote-code files auto_map names"
     again = Phi3VConfig.from_pretrained(tmp_path)
     assert (
         again.rope_parameters == Phi3VConfig.from_pretrained(golden / "checkpoint").rope_parameters
     )
+
+
+def test_auto_map_names_only_the_remote_code_the_folder_holds(tmp_path, golden):
+    config = Phi3VConfig.from_pretrained(golden / "checkpoint")
+    (tmp_path / "configuration_phi3_v.py").write_text("# the base model's remote code\n")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"] == {"AutoConfig": "configuration_phi3_v.Phi3VConfig"}
+    (tmp_path / "modeling_phi3_v.py").write_text("# the base model's remote code\n")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"] == _official(golden)["auto_map"]
+
+
+def test_saved_config_is_for_inference_whatever_training_set_in_memory(tmp_path):
+    config = tiny_phi3v_config(use_cache=False, pad_token_id=0)
+    config.save_pretrained(tmp_path, dtype="bfloat16")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["use_cache"] is True and config.use_cache is False
+    assert saved["architectures"] == ["Phi3VForCausalLM"] and saved["torch_dtype"] == "bfloat16"
+    assert "dtype" not in saved and "id2label" not in saved, "only fields the hub's file has"
+    assert saved["pad_token_id"] == config.pad_token_id, "a field off its default is kept"
+    tiny_phi3v_config().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("source", ["tiny", "golden"])
+def test_longrope_configs_load_without_the_rope_parameters_warning(tmp_path, golden, source):
+    """transformers warns (once per process) about original_max_position_embeddings without a
+    LongRoPE factor; the factor it would derive is set, so neither config triggers it."""
+    from transformers.utils import logging as hf_logging
+
+    if source == "tiny":
+        tiny_phi3v_config().save_pretrained(tmp_path)
+        folder = tmp_path
+    else:
+        folder = golden / "checkpoint"
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    hf_logger = hf_logging.get_logger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        logging_once = hf_logging.get_logger("transformers.modeling_rope_utils").warning_once
+        logging_once.cache_clear()  # an earlier load in this process must not hide the warning
+        config = Phi3VConfig.from_pretrained(folder)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not [m for m in messages if "rope" in m.lower()], messages
+    rope = config.rope_parameters
+    assert rope["factor"] == config.max_position_embeddings / 4096 == 32.0
 
 
 def test_clip_large_values_from_the_model_name_alone():

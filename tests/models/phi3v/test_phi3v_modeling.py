@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import pad_rows
@@ -298,3 +300,85 @@ def test_cached_generation_matches_uncached_across_the_longrope_switch():
     assert torch.equal(cached.sequences, uncached.sequences)
     for step, (a, b) in enumerate(zip(cached.logits, uncached.logits, strict=True)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=f"position {limit - 4 + step}")
+
+
+def test_the_base_model_merges_the_images_and_language_model_is_the_decoder_alone(
+    tiny_model, tiny_batch
+):
+    from transformers import Phi3Model
+
+    ids, mask = pad_rows(tiny_batch["rows"], "right")
+    kw = {"pixel_values": tiny_batch["pixel_values"], "image_sizes": tiny_batch["image_sizes"]}
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        hidden = tiny_model.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
+        logits = tiny_model(input_ids=ids, attention_mask=mask, **kw).logits
+        other_images = {**kw, "pixel_values": kw["pixel_values"].flip(-1)}
+        hidden_other = tiny_model.model(input_ids=ids, attention_mask=mask, **other_images)
+        embeds = tiny_model.model.embed_inputs(ids, **kw)
+        decoder = tiny_model.language_model
+        alone = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+    torch.testing.assert_close(tiny_model.lm_head(hidden), logits, atol=0, rtol=0)
+    assert not torch.allclose(hidden_other.last_hidden_state, hidden), "images reach the base model"
+    torch.testing.assert_close(alone.last_hidden_state, hidden, atol=0, rtol=0)
+    assert type(decoder) is Phi3Model
+    decoder_params = {id(p) for p in decoder.parameters()}
+    image_params = {id(p) for p in tiny_model.image_embedding.parameters()}
+    assert decoder_params and not decoder_params & image_params
+    everything = {id(p) for p in tiny_model.parameters()}
+    assert decoder_params | image_params | {id(tiny_model.lm_head.weight)} == everything
+    assert not any("_decoder" in name for name, _ in tiny_model.named_modules())
+
+
+def test_language_model_follows_a_replaced_embedding_table():
+    model = build_tiny_phi3v(vocab_size=128, pad_token_id=0, eos_token_id=2)
+    table = torch.nn.Embedding(128, model.config.hidden_size)
+    model.set_input_embeddings(table)
+    assert model.language_model.embed_tokens is table is model.get_input_embeddings()
+    model.train()
+    assert model.language_model.training
+    model.eval()
+    assert not model.language_model.training
+    twin = copy.deepcopy(model)  # the decoder of a copy runs over the copy's own modules
+    assert twin.language_model.layers is twin.model.layers is not model.model.layers
+    assert twin.language_model.embed_tokens is twin.get_input_embeddings()
+
+
+def test_images_with_inputs_embeds_are_refused_not_dropped(tiny_model, tiny_batch):
+    ids = torch.tensor([tiny_batch["rows"][0]])
+    embeds = tiny_model.embed_inputs(
+        ids, tiny_batch["pixel_values"][:1], tiny_batch["image_sizes"][:1]
+    )
+    with pytest.raises(ValueError, match="pixel_values given with inputs_embeds"):
+        tiny_model(
+            inputs_embeds=embeds,
+            pixel_values=tiny_batch["pixel_values"][:1],
+            image_sizes=tiny_batch["image_sizes"][:1],
+        )
+
+
+def test_configs_passed_in_are_never_changed(tmp_path):
+    config = tiny_phi3v_config(vocab_size=128, pad_token_id=0, eos_token_id=2)
+    before = copy.deepcopy(vars(config))
+    model = build_tiny_phi3v(config)
+    model.config.use_cache = False  # what training does to its model's config
+    model.save_pretrained(tmp_path)
+    loaded = Phi3VForCausalLM.from_pretrained(
+        tmp_path, config=config, dtype="bfloat16", attn_implementation="eager"
+    )
+    assert vars(config) == before
+    assert model.config is not config and loaded.config is not config
+    assert loaded.config._attn_implementation == "eager" and loaded.dtype == torch.bfloat16
+
+
+def test_peft_reads_checkpointing_state_without_a_deprecation_warning():
+    import warnings
+
+    peft = pytest.importorskip("peft")
+    model = build_tiny_phi3v(vocab_size=128, pad_token_id=0, eos_token_id=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert model.is_gradient_checkpointing is False
+        model.activation_checkpointing_enable()
+        assert model.is_gradient_checkpointing is True
+        peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["qkv_proj"]))

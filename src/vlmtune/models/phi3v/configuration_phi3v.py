@@ -13,18 +13,41 @@ The official code hard-codes CLIP ViT-L/14-336. vlmtune uses those values when
 ``img_processor.model_name`` names that model and lets an explicit ``img_processor.vision_config``
 dict override them, so tiny test models share the code path. ``rope_scaling`` of type ``"su"`` is
 transformers' ``"longrope"``; both that and the transformers-5 form (``rope_type`` inside) are read,
-and the official three-field form is written back.
+and the official three-field form is written back. In memory the LongRoPE ``factor`` is set to
+``max_position_embeddings / original_max_position_embeddings``, the value transformers would derive
+itself (and warn about on every load when it is missing).
+
+``save_pretrained`` writes ``config.json`` as the hub's checkpoints have it: the official keys (plus
+any other field that differs from its default), ``architectures``, ``torch_dtype`` of the saved
+weights, ``use_cache: true`` (training turns the cache off in memory; a saved model is for
+inference), and ``auto_map`` only for the remote-code files the folder holds.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import os
+from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, Phi3Config
 
-__all__ = ["CLIP_VIT_L14_336", "OFFICIAL_CLIP_NAME", "Phi3VConfig"]
+from vlmtune.utils.devices import dtype_name, torch_dtype
+from vlmtune.utils.io import atomic_write_json
+
+__all__ = [
+    "ARCHITECTURE",
+    "CLIP_VIT_L14_336",
+    "OFFICIAL_AUTO_MAP",
+    "OFFICIAL_CLIP_NAME",
+    "Phi3VConfig",
+]
+
+#: The model class named in ``config.json``'s ``architectures`` (what vLLM dispatches on).
+ARCHITECTURE = "Phi3VForCausalLM"
 
 OFFICIAL_CLIP_NAME = "openai/clip-vit-large-patch14-336"
 
@@ -61,10 +84,25 @@ _DEFAULT_IMG_PROCESSOR: dict[str, Any] = {
     "num_img_tokens": 144,
 }
 
-_OFFICIAL_AUTO_MAP = {
+#: ``config.json``'s ``auto_map`` on the hub: classes in the remote-code files of the checkpoint.
+OFFICIAL_AUTO_MAP = {
     "AutoConfig": "configuration_phi3_v.Phi3VConfig",
     "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
 }
+
+#: The keys of the hub's ``config.json`` and ``pad_token_id`` (the golden checkpoint's has it too);
+#: other fields are written only when they differ from their default (as transformers 4 did).
+_HUB_KEYS = frozenset(
+    {
+        "_name_or_path", "architectures", "attention_dropout", "auto_map", "bos_token_id",
+        "embd_layer", "eos_token_id", "hidden_act", "hidden_size", "img_processor",
+        "initializer_range", "intermediate_size", "max_position_embeddings", "model_type",
+        "num_attention_heads", "num_hidden_layers", "num_key_value_heads",
+        "original_max_position_embeddings", "pad_token_id", "rms_norm_eps", "rope_scaling", "rope_theta",
+        "sliding_window", "tie_word_embeddings", "torch_dtype", "transformers_version",
+        "use_cache", "vocab_size",
+    }
+)  # fmt: skip
 
 
 def _normalise_rope(rope: Any) -> Any:
@@ -102,8 +140,6 @@ class Phi3VConfig(Phi3Config):
             self.img_processor["vision_config"], CLIPVisionConfig
         ):
             self.img_processor["vision_config"] = self.img_processor["vision_config"].to_dict()
-        if getattr(self, "auto_map", None) is None:
-            kwargs.setdefault("auto_map", dict(_OFFICIAL_AUTO_MAP))
         if (
             "dtype" in kwargs
         ):  # our saved config.json carries both names (torch_dtype for 4.x readers)
@@ -117,7 +153,12 @@ class Phi3VConfig(Phi3Config):
         if isinstance(rope, dict):
             kwargs["rope_scaling"] = _normalise_rope(rope)
             self.rope_parameters = None
-        return super().convert_rope_params_to_dict(default_theta, ignore_keys, **kwargs)
+        kwargs = super().convert_rope_params_to_dict(default_theta, ignore_keys, **kwargs)
+        rope = self.rope_parameters
+        if rope.get("rope_type") == "longrope" and rope.get("factor") is None:
+            original = rope.get("original_max_position_embeddings") or self.max_position_embeddings
+            rope["factor"] = self.max_position_embeddings / original
+        return kwargs
 
     # ------------------------------------------------------------------ derived settings
     @property
@@ -235,26 +276,93 @@ class Phi3VConfig(Phi3Config):
             )
 
     # ------------------------------------------------------------------ serialisation
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        push_to_hub: bool = False,
+        *,
+        dtype: torch.dtype | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``config.json`` into ``save_directory`` (atomically) as :meth:`to_official_dict`
+        gives it for that folder; ``dtype`` is the saved weights' (default: the config's)."""
+        if push_to_hub or kwargs:
+            raise TypeError(f"Phi3VConfig.save_pretrained: unsupported arguments {sorted(kwargs)}")
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "config.json", self.to_official_dict(folder, dtype=dtype))
+
     def to_diff_dict(self) -> dict[str, Any]:
-        """The full config in the official layout (what ``save_pretrained`` writes)."""
+        """The config in the official layout (without a folder: no ``auto_map``)."""
         return self.to_official_dict()
 
-    def to_official_dict(self) -> dict[str, Any]:
-        """Official ``config.json`` content: ``rope_scaling = {type: su, short_factor, long_factor}``."""
+    def to_official_dict(
+        self, folder: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None
+    ) -> dict[str, Any]:
+        """Official ``config.json`` content: the hub's keys, other fields only when not at their
+        default, ``rope_scaling = {type: su, short_factor, long_factor}``, ``torch_dtype``, and
+        ``auto_map`` entries whose remote-code module is a file in ``folder``."""
         data = self.to_dict()
-        rope = data.pop("rope_parameters", None) or {}
-        data["rope_theta"] = rope.get("rope_theta", 10_000.0)
-        if rope.get("rope_type") == "longrope":
-            data["rope_scaling"] = {
-                "type": "su",
-                "short_factor": list(rope["short_factor"]),
-                "long_factor": list(rope["long_factor"]),
-            }
-        elif rope.get("rope_type", "default") == "default":
-            data["rope_scaling"] = None
-        else:
-            raise ValueError(f"rope type {rope.get('rope_type')!r} has no official Phi-3-V form")
-        if data.get("dtype") is not None:
-            data["torch_dtype"] = data["dtype"]
-        data["model_type"] = self.model_type
-        return data
+        defaults = _default_dict()
+        official = {
+            key: value
+            for key, value in data.items()
+            if key in _HUB_KEYS
+            or (key not in _NOT_WRITTEN and (key not in defaults or value != defaults[key]))
+        }
+        official["rope_theta"], official["rope_scaling"] = _official_rope(data)
+        official["architectures"] = [ARCHITECTURE]
+        official["model_type"] = self.model_type
+        official["use_cache"] = True
+        dtype = dtype or data.get("dtype") or "float32"
+        official["torch_dtype"] = dtype_name(
+            dtype if isinstance(dtype, torch.dtype) else torch_dtype(dtype)
+        )
+        official.pop("auto_map", None)
+        auto_map = _present_auto_map(getattr(self, "auto_map", None) or OFFICIAL_AUTO_MAP, folder)
+        if auto_map:
+            official["auto_map"] = auto_map
+        return dict(sorted(official.items()))
+
+
+#: Fields never written: transformers-5 names of written ones, runtime choices, LongRoPE's derived
+#: factor (inside ``rope_parameters``, written as the official ``rope_scaling``).
+_NOT_WRITTEN = frozenset(
+    {"dtype", "rope_parameters", "_attn_implementation", "_experts_implementation"}
+)
+
+
+@functools.cache
+def _default_dict() -> dict[str, Any]:
+    """Every field at its default (the reference for what differs)."""
+    return Phi3VConfig().to_dict()
+
+
+def _official_rope(data: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(``rope_theta``, ``rope_scaling``) in the official form from transformers' ``rope_parameters``."""
+    rope = data.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", 10_000.0)
+    if rope.get("rope_type") == "longrope":
+        return theta, {
+            "type": "su",
+            "short_factor": list(rope["short_factor"]),
+            "long_factor": list(rope["long_factor"]),
+        }
+    if rope.get("rope_type", "default") == "default":
+        return theta, None
+    raise ValueError(f"rope type {rope.get('rope_type')!r} has no official Phi-3-V form")
+
+
+def _present_auto_map(
+    auto_map: dict[str, str], folder: str | os.PathLike[str] | None
+) -> dict[str, str]:
+    """The entries of ``auto_map`` whose module (``module.Class``) is a ``.py`` file in ``folder``;
+    references into another repository (``repo--module.Class``) are kept as they are."""
+    if folder is None:
+        return {}
+    kept = {}
+    for auto_class, reference in auto_map.items():
+        module = str(reference).split(".")[0]
+        if "--" in module or (Path(folder) / f"{module}.py").is_file():
+            kept[auto_class] = reference
+    return kept

@@ -28,12 +28,20 @@ from transformers import PreTrainedTokenizerBase
 from transformers.feature_extraction_utils import BatchFeature
 
 from vlmtune.models.phi3v.image_processing_phi3v import Phi3VImageProcessor
+from vlmtune.models.phi3v.tokenizer_files import save_tokenizer_files
 from vlmtune.utils.io import atomic_write_json
 
 __all__ = ["IMAGE_TAG_PATTERN", "Phi3VProcessor", "load_tokenizer"]
 
 IMAGE_TAG_PATTERN = re.compile(r"<\|image_(\d+)\|>")
 _PREPROCESSOR_FILE = "preprocessor_config.json"
+# what the official image processor hard-codes (336 px crops of 14 px patches, RGB)
+_OFFICIAL_GEOMETRY = {"crop_size": 336, "patch_size": 14, "do_convert_rgb": True}
+# preprocessor_config.json's auto_map on the hub: classes in the checkpoint's remote code
+_OFFICIAL_AUTO_MAP = {
+    "AutoProcessor": "processing_phi3_v.Phi3VProcessor",
+    "AutoImageProcessor": "image_processing_phi3_v.Phi3VImageProcessor",
+}
 
 
 def load_tokenizer(folder: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
@@ -65,10 +73,16 @@ class Phi3VProcessor:
     """
 
     def __init__(
-        self, image_processor: Phi3VImageProcessor, tokenizer: PreTrainedTokenizerBase
+        self,
+        image_processor: Phi3VImageProcessor,
+        tokenizer: PreTrainedTokenizerBase,
+        tokenizer_source: str | os.PathLike[str] | None = None,
     ) -> None:
         self.image_processor = image_processor
         self.tokenizer = tokenizer
+        # the folder the tokenizer was read from: save_pretrained writes its files back (what
+        # transformers 5 would write, only it reads)
+        self.tokenizer_source = Path(tokenizer_source) if tokenizer_source is not None else None
 
     @classmethod
     def from_pretrained(
@@ -88,26 +102,32 @@ class Phi3VProcessor:
             settings.pop(key, None)
         if num_crops is not None:
             settings["num_crops"] = num_crops
-        return cls(Phi3VImageProcessor(**settings), load_tokenizer(folder))
+        return cls(Phi3VImageProcessor(**settings), load_tokenizer(folder), tokenizer_source=folder)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> None:
-        """Write the tokenizer files and ``preprocessor_config.json`` (official field names)."""
+        """Write the tokenizer files in the hub's classic form (see ``tokenizer_files``) and
+        ``preprocessor_config.json`` (official field names; ``auto_map`` only for the remote-code
+        files the folder holds)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(folder)
+        save_tokenizer_files(self.tokenizer, folder, source=self.tokenizer_source)
         self.image_processor.save_pretrained(folder)
         path = folder / _PREPROCESSOR_FILE
         data = json.loads(path.read_text(encoding="utf-8"))
+        data.pop("auto_map", None)
+        for key, official in _OFFICIAL_GEOMETRY.items():  # the hub's file leaves them implicit
+            if data.get(key) == official:
+                data.pop(key)
         data.update(
-            {
-                "processor_class": "Phi3VProcessor",
-                "image_processor_type": "Phi3VImageProcessor",
-                "auto_map": {
-                    "AutoProcessor": "processing_phi3_v.Phi3VProcessor",
-                    "AutoImageProcessor": "image_processing_phi3_v.Phi3VImageProcessor",
-                },
-            }
+            {"processor_class": "Phi3VProcessor", "image_processor_type": "Phi3VImageProcessor"}
         )
+        auto_map = {
+            auto_class: reference
+            for auto_class, reference in _OFFICIAL_AUTO_MAP.items()
+            if (folder / f"{reference.split('.')[0]}.py").is_file()
+        }
+        if auto_map:
+            data["auto_map"] = auto_map
         atomic_write_json(path, data)
 
     # ------------------------------------------------------------------ helpers
