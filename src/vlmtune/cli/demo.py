@@ -2,17 +2,20 @@
 
 synth (a catalog whose photos decide title, category and price) -> serve its
 images on 127.0.0.1 -> prepare over HTTP (broken rows dropped and reported) ->
-init-model (a small Phi-3-V in the official layout) -> train (vlmtune/configs/demo.yaml,
-tracked in W&B offline and metrics.jsonl) -> eval on the held-out test split,
-the untrained model as "before" -> report.html and summary.json.
+init-model (a small model in its family's checkpoint layout) -> train
+(vlmtune/configs/demo.yaml, tracked in W&B offline and metrics.jsonl) -> eval on
+the held-out test split, the untrained model as "before" -> report.html and
+summary.json.
 
 Each stage is the library call behind the matching command, so the demo proves
-that the commands fit together; nothing here is demo-only logic except the
-choice of sizes.
+that the commands fit together. Running the demo again with the same settings
+reuses every finished stage (an interrupted training resumes from its last
+checkpoint); other settings go to a fresh numbered folder. Either way it says which.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -21,39 +24,33 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
-from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
-from vlmtune.cli.train import generation_eval_for
-from vlmtune.data.prepare import PrepareArgs, prepare_dataset
-from vlmtune.data.synthetic import SynthArgs, generate_catalog, serve_directory
-from vlmtune.evaluation.args import EvalArgs
-from vlmtune.evaluation.run import run_eval
-from vlmtune.inference.args import InferenceArgs
-from vlmtune.training.args import TrainConfig
-from vlmtune.training.init_model import InitModelArgs, init_model
-from vlmtune.training.train import train
-from vlmtune.utils.config import ConfigError, load_config
+from vlmtune.utils.config import ConfigError, config_to_dict, flag, load_config
+from vlmtune.utils.errors import Interrupted
 from vlmtune.utils.io import atomic_write_json
+from vlmtune.utils.outputs import read_marker, write_marker
 
-__all__ = ["DemoArgs", "command", "run_demo"]
+__all__ = ["CONFIG", "DemoArgs", "run", "run_demo"]
 
 SUMMARY_METRICS = ("parse_rate", "category_accuracy", "title_exact_match", "price_mape")
+STAGES = ("prepare", "init-model", "train", "eval")
+"""Stages as reused: synth and prepare are one (the catalog's URLs name that run's image server)."""
+_STATE = "demo_stages.json"
 
 
 @dataclass
 class DemoArgs:
     """Sizes of the offline demo. The defaults are the measured configuration of the README."""
 
-    out: Path = Path("demo_out")
+    out: Path = flag("--out", "-o", default=Path("demo_out"))
     """Folder for every artefact (catalog, dataset, models, run, eval, summary.json)."""
-    n: int | None = None
+    n: int | None = flag("--n", default=None)
     """Products to synthesise (default 1500; 240 with --quick)."""
-    seed: int = 0
+    seed: int = flag("--seed", default=0)
     """One seed for the catalog, the split, the initial weights and training."""
-    quick: bool = False
+    quick: bool = flag("--quick", default=False)
     """A ~15 s run (240 products, 40 steps) that proves every stage works (the test suite runs
     it), not the quality."""
     image_size: str = "224x280"
@@ -72,80 +69,200 @@ class DemoArgs:
             )
 
 
+CONFIG = DemoArgs
+
+
+def run(args: DemoArgs) -> None:
+    run_demo(args)
+
+
 def run_demo(args: DemoArgs, console: Console | None = None) -> dict[str, Any]:
-    """Run every stage; write and return ``summary.json`` (before/after/baseline, seconds, paths)."""
+    """Run (or reuse) every stage; write and return ``summary.json`` (before/after/baseline, seconds, paths)."""
     console = console or Console()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    settings = _settings(args)
+    out = _choose_folder(Path(args.out).resolve(), settings, console)
     paths = _paths(out)
-    n = args.n or (240 if args.quick else 1500)
     train_cfg = _train_config(args, paths)  # fail on a bad recipe before any work
+    state = _State(out, settings)
+    n = args.n or (240 if args.quick else 1500)
 
-    def stage(name: str, fn: Callable[[], Any]) -> Any:
+    def stage(name: str, fn: Callable[[], Any]) -> None:
         console.rule(f"[bold]{name}")
-        start = time.perf_counter()
+        if state.done(name):
+            console.print(
+                f"[green]✓[/] {name}: reused from the earlier run in {out} (same settings)"
+            )
+            return
         result = fn()
-        seconds[name] = round(time.perf_counter() - start, 2)
-        console.print(f"[green]✓[/] {name} in {seconds[name]:.1f}s")
-        return result
+        state.finish(name, result)
+        console.print(f"[green]✓[/] {name} in {state.seconds[name]:.1f}s")
 
-    catalog_dir = paths["catalog"].parent
-    catalog_dir.mkdir(parents=True, exist_ok=True)
-    with serve_directory(catalog_dir) as server:
-        synth = SynthArgs(
-            out=catalog_dir, n=n, seed=args.seed, image_size=args.image_size, base_url=server.url
-        )
-        stage("synth", lambda: generate_catalog(synth))
-        report = stage(
-            "prepare",
-            lambda: prepare_dataset(
-                PrepareArgs(source=str(paths["catalog"]), out=paths["data"], seed=args.seed)
-            ),
-        )
-    stage(
-        "init-model",
-        lambda: init_model(
-            InitModelArgs(data=paths["data"], out=paths["base_model"], seed=args.seed)
-        ),
-    )
-    result = stage(
-        "train",
-        lambda: train(
-            train_cfg, generation_eval_for(train_cfg) if train_cfg.train.evaluates else None
-        ),
-    )
-    evaluation = stage("eval", lambda: run_eval(_eval_args(paths)))
-    summary = _summary(evaluation, seconds, paths, report, result)
+    stage("prepare", lambda: _synth_and_prepare(args, paths, n, state))
+    stage("init-model", lambda: state.timed("init-model", lambda: _init_model(paths, args.seed)))
+    stage("train", lambda: state.timed("train", lambda: _train(train_cfg, paths)))
+    stage("eval", lambda: state.timed("eval", lambda: _eval(paths)))
+    summary = _summary(out, state, paths)
     atomic_write_json(out / "summary.json", summary)
     console.print(_table(summary))
     return summary
 
 
-def command(
-    out: Path | None = typer.Option(None, "--out", help="Output folder (default demo_out)."),
-    n: int | None = typer.Option(None, "--n", help="Products to synthesise (default 1500)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of every stage (default 0)."),
-    quick: bool = typer.Option(
-        False,
-        "--quick",
-        help="~15 s (240 products, 40 steps): proves every stage, not the quality.",
-    ),
-    config: Path | None = CONFIG_OPTION,
-    overrides: list[str] | None = OVERRIDES_ARGUMENT,
-) -> None:
-    """Run the whole pipeline offline on a tiny Phi-3-V and print before/after/baseline figures.
-
-    synth -> serve images on 127.0.0.1 -> prepare over HTTP -> init-model ->
-    train (W&B offline + metrics.jsonl) -> eval on the held-out test split with the
-    untrained model as "before" -> report.html. Writes OUT/summary.json.
-    """
-    flags = {"out": out, "n": n, "seed": seed, "quick": quick or None}
-    args = build_config(DemoArgs, config, overrides, flags=flags)
-    run_demo(args)
-
-
 # --------------------------------------------------------------------------- stages
+
+
+def _synth_and_prepare(
+    args: DemoArgs, paths: dict[str, Path], n: int, state: _State
+) -> dict[str, Any]:
+    """synth and prepare in one stage: the catalog's image URLs name this run's local server."""
+    from vlmtune.data.prepare import PrepareArgs, prepare_dataset
+    from vlmtune.data.synthetic import SynthArgs, generate_catalog, serve_directory
+
+    catalog_dir = paths["catalog"].parent
+    catalog_dir.mkdir(parents=True, exist_ok=True)
+    with serve_directory(catalog_dir) as server:
+        synth = SynthArgs(
+            out=catalog_dir, n=n, seed=args.seed, image_size=args.image_size,
+            base_url=server.url, overwrite=True,
+        )  # fmt: skip
+        state.timed("synth", lambda: generate_catalog(synth))
+        prepare = PrepareArgs(
+            source=str(paths["catalog"]), out=paths["data"], seed=args.seed, overwrite=True
+        )
+        report = state.timed("prepare", lambda: prepare_dataset(prepare))
+    return {
+        "kept": report.kept,
+        "dropped": report.dropped,
+        "dropped_by_reason": report.dropped_by_reason,
+    }
+
+
+def _init_model(paths: dict[str, Path], seed: int) -> dict[str, Any]:
+    from vlmtune.training.init_model import InitModelArgs, init_model
+
+    init_model(
+        InitModelArgs(data=paths["data"], out=paths["base_model"], seed=seed, overwrite=True)
+    )
+    return {}
+
+
+def _train(train_cfg: Any, paths: dict[str, Path]) -> dict[str, Any]:
+    from vlmtune.cli.train import generation_eval_for
+    from vlmtune.training.train import train
+
+    if any(paths["run"].glob("checkpoint-*")):
+        train_cfg.train.resume = "auto"  # an earlier demo was stopped during training
+    gen_eval = generation_eval_for(train_cfg) if train_cfg.train.evaluates else None
+    result = train(train_cfg, gen_eval)
+    if result.interrupted_by is not None:
+        raise Interrupted(
+            f"stopped by {result.interrupted_by} during training (checkpoint {result.last_checkpoint}); "
+            "run the same `vlmtune demo` command again to continue from it"
+        )
+    keys = ("global_step", "final_train_loss", "train_samples_per_second")
+    return {k: result.summary.get(k) for k in keys}
+
+
+def _eval(paths: dict[str, Path]) -> dict[str, Any]:
+    from vlmtune.evaluation.args import EvalArgs
+    from vlmtune.evaluation.run import run_eval
+    from vlmtune.inference.args import InferenceArgs
+
+    args = EvalArgs(
+        inference=InferenceArgs(model=paths["run"]), data=paths["data"], split="test",
+        base_model=paths["base_model"], out=paths["eval"], overwrite=True,
+    )  # fmt: skip
+    return {"out": str(run_eval(args).out)}
+
+
+# --------------------------------------------------------------------------- reuse
+
+
+class _State:
+    """Which stages of a demo folder finished, with which settings (``demo_stages.json``)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        self.path = out / _STATE
+        self.settings = settings
+        previous = _read_json(self.path)
+        same = previous is not None and previous.get("settings") == settings
+        self.stages: dict[str, Any] = dict(previous.get("stages", {})) if same else {}
+        self.seconds: dict[str, float] = dict(previous.get("seconds", {})) if same else {}
+        self.reused: list[str] = []
+
+    def done(self, name: str) -> bool:
+        if name in self.stages:
+            self.reused.append(name)
+            return True
+        return False
+
+    def timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = fn()
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    def finish(self, name: str, result: Any) -> None:
+        self.stages[name] = result
+        index = STAGES.index(name)
+        for later in STAGES[index + 1 :]:  # a redone stage invalidates what was built on it
+            self.stages.pop(later, None)
+        atomic_write_json(
+            self.path, {"settings": self.settings, "stages": self.stages, "seconds": self.seconds}
+        )
+
+
+def _settings(args: DemoArgs) -> dict[str, Any]:
+    """What decides the demo's outputs: its arguments, the recipe's text and vlmtune's version."""
+    from vlmtune import __version__
+
+    recipe = _recipe_text(args)
+    fields = config_to_dict(args)
+    fields.pop("out")
+    return {
+        **fields,
+        "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest(),
+        "version": __version__,
+    }
+
+
+def _choose_folder(out: Path, settings: dict[str, Any], console: Console) -> Path:
+    """``out`` when it is new or holds a demo with the same settings; else ``out-2``, ``out-3`` ..."""
+    identity = {"settings_sha256": _digest(settings)}
+    candidate, number = out, 1
+    while True:
+        marker = read_marker(candidate) if candidate.exists() else None
+        empty = not candidate.exists() or not any(candidate.iterdir())
+        same = (
+            marker is not None and marker["verb"] == "demo" and marker.get("identity") == identity
+        )
+        if empty or same:
+            break
+        number += 1
+        candidate = out.with_name(f"{out.name}-{number}")
+    if candidate != out:
+        console.print(
+            f"[yellow]{out} holds other work (a demo with other settings, or files of yours): "
+            f"this demo writes to {candidate}[/]"
+        )
+    elif (candidate / _STATE).exists():
+        console.print(f"{out} holds a demo with the same settings: finished stages are reused")
+    write_marker(candidate, "demo", identity)
+    return candidate
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------- configuration
 
 
 def _paths(out: Path) -> dict[str, Path]:
@@ -158,21 +275,30 @@ def _paths(out: Path) -> dict[str, Path]:
     }
 
 
-def _train_config(args: DemoArgs, paths: dict[str, Path]) -> TrainConfig:
+def _recipe_text(args: DemoArgs) -> str:
     if args.train_config is not None:
         if not Path(args.train_config).is_file():
             raise ConfigError(
                 f"train_config: the demo recipe {str(args.train_config)!r} does not exist; "
                 "pass train_config=FILE"
             )
-        return _load_recipe(args.train_config, args, paths)
+        return Path(args.train_config).read_text(encoding="utf-8")
+    return (resources.files("vlmtune") / "configs" / "demo.yaml").read_text(encoding="utf-8")
+
+
+def _train_config(args: DemoArgs, paths: dict[str, Path]) -> Any:
+    from vlmtune.training.args import TrainConfig
+
+    if args.train_config is not None:
+        _recipe_text(args)
+        return _load_recipe(TrainConfig, Path(args.train_config), args, paths)
     # package data, so the demo runs from a wheel as well as from a clone
     recipe = resources.files("vlmtune") / "configs" / "demo.yaml"
     with resources.as_file(recipe) as path:
-        return _load_recipe(path, args, paths)
+        return _load_recipe(TrainConfig, path, args, paths)
 
 
-def _load_recipe(recipe: Path, args: DemoArgs, paths: dict[str, Path]) -> TrainConfig:
+def _load_recipe(cls: type, recipe: Path, args: DemoArgs, paths: dict[str, Path]) -> Any:
     quick = (
         ["train.max_steps=40", "train.eval_steps=20", "train.save_steps=20", "data.eval_limit=8"]
         if args.quick
@@ -186,23 +312,14 @@ def _load_recipe(recipe: Path, args: DemoArgs, paths: dict[str, Path]) -> TrainC
         "train.report_to": args.report_to,
         "train.run_name": f"demo-seed{args.seed}",
     }
-    return load_config(TrainConfig, recipe, [*quick, *(args.train_overrides or [])], values=fixed)
+    return load_config(cls, recipe, [*quick, *(args.train_overrides or [])], values=fixed)
 
 
-def _eval_args(paths: dict[str, Path]) -> EvalArgs:
-    return EvalArgs(
-        inference=InferenceArgs(model=paths["run"]),
-        data=paths["data"],
-        split="test",
-        base_model=paths["base_model"],
-        out=paths["eval"],
-    )
+# --------------------------------------------------------------------------- summary
 
 
-def _summary(
-    evaluation: Any, seconds: dict[str, float], paths: dict[str, Path], report: Any, result: Any
-) -> dict[str, Any]:
-    doc = json.loads((evaluation.out / "metrics.json").read_text(encoding="utf-8"))
+def _summary(out: Path, state: _State, paths: dict[str, Path]) -> dict[str, Any]:
+    doc = json.loads((paths["eval"] / "metrics.json").read_text(encoding="utf-8"))
     baselines = doc["baselines"]
     baseline = {
         "parse_rate": None,  # the baselines are constants, not generated text: nothing to parse
@@ -211,27 +328,23 @@ def _summary(
         "price_mape": baselines["mean_price"]["price_mape"],
         "price_mape_median_price": baselines["median_price"]["price_mape"],
     }
+    seconds = {k: state.seconds[k] for k in ("synth", *STAGES) if k in state.seconds}
     return {
         "before": {k: doc["base_model"][k] for k in SUMMARY_METRICS},
         "after": {k: doc["model"][k] for k in SUMMARY_METRICS},
         "baseline": baseline,
         "baseline_definition": "majority category, most common title and mean price of the training split",
         "test_rows": doc["model"].get("n"),
-        "prepare": {
-            "kept": report.kept,
-            "dropped": report.dropped,
-            "dropped_by_reason": report.dropped_by_reason,
-        },
-        "train": {
-            k: result.summary.get(k)
-            for k in ("global_step", "final_train_loss", "train_samples_per_second")
-        },
+        "prepare": state.stages["prepare"],
+        "train": state.stages["train"],
+        "reused_stages": list(state.reused),
         "seconds": {**seconds, "total": round(sum(seconds.values()), 2)},
         "paths": {
-            "report": str(evaluation.out / "report.html"),
+            "out": str(out),
+            "report": str(paths["eval"] / "report.html"),
             "run": str(paths["run"]),
             "model": str(paths["run"] / "model"),
-            "metrics": str(evaluation.out / "metrics.json"),
+            "metrics": str(paths["eval"] / "metrics.json"),
         },
     }
 
@@ -243,9 +356,18 @@ def _table(summary: dict[str, Any]) -> Table:
     for key in SUMMARY_METRICS:
         cells = [_cell(summary[part][key]) for part in ("before", "after", "baseline")]
         table.add_row(key, *cells)
-    table.caption = (
-        "\n".join(f"{k}: {v}" for k, v in summary["paths"].items())
-        + f"\ntotal {summary['seconds']['total']:.0f}s"
+    paths = summary["paths"]
+    table.caption = "\n".join(
+        [
+            *(f"{k}: {v}" for k, v in paths.items()),
+            f"total {summary['seconds']['total']:.0f}s"
+            + (
+                f" (reused: {', '.join(summary['reused_stages'])})"
+                if summary["reused_stages"]
+                else ""
+            ),
+            f"next: vlmtune predict --model {paths['model']} PHOTOS... --out listings.csv",
+        ]
     )
     return table
 

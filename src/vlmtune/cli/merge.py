@@ -1,39 +1,26 @@
-"""``vlmtune merge``: fold a LoRA run's adapter into an official-layout checkpoint (see :mod:`vlmtune.training.merge`)."""
+"""``vlmtune merge``: fold a LoRA run's adapter into its base model, as a standalone checkpoint.
+
+The result (weights, tokenizer, preprocessor, generation config) is a folder in the
+model family's own layout: it loads with the family's ``from_pretrained``, with
+``vlmtune eval``/``predict``/``serve`` and in other runtimes (vLLM), without peft.
+The output folder is built beside its target and swapped into place; the run, its
+adapter and its base model are never written.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import click
 
-import typer
+from vlmtune.training.merge import MergeArgs
 
-from vlmtune.training.merge import merge_adapter
+__all__ = ["CONFIG", "run"]
 
-__all__ = ["command"]
-
-_RUN = typer.Argument(
-    ..., help="Training run folder (RUN/model holds the adapter) or an adapter folder."
-)
-_OUT = typer.Option(
-    ..., "--out", "-o", help="Folder to write the merged checkpoint to (replaced if it exists)."
-)
-_DTYPE = typer.Option(
-    "auto", "--dtype", help="auto (the base checkpoint's), float32, bfloat16 or float16."
-)
+CONFIG = MergeArgs
 
 
-def command(run: Path = _RUN, out: Path = _OUT, dtype: str = _DTYPE) -> None:
-    """Merge a LoRA adapter into its base model and save an official-layout Phi-3-V checkpoint.
+def run(args: MergeArgs) -> None:
+    from vlmtune.training.merge import merge_adapter
 
-    The result (weights + tokenizer + preprocessor) loads with Phi3VForCausalLM.from_pretrained,
-    vlmtune eval/predict and other Phi-3-V runtimes, without peft.
-    """
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise typer.BadParameter(
-            f"{dtype!r} is not one of auto, float32, bfloat16, float16", param_hint="--dtype"
-        )
-    try:
-        path = merge_adapter(run, out, dtype=dtype)  # type: ignore[arg-type]
-    except FileNotFoundError as err:
-        typer.echo(f"vlmtune merge: {err}", err=True)
-        raise typer.Exit(2) from err
-    typer.echo(str(path))
+    result = merge_adapter(args)
+    click.echo(str(result.out))
+    click.echo(f"serve it with vLLM: {result.vllm_command}", err=True)

@@ -1,111 +1,35 @@
-"""``vlmtune prepare``: build the image dataset from a catalog (see :mod:`vlmtune.data.prepare`)."""
+"""``vlmtune prepare``: build the image dataset from a catalog: fetch or copy, validate, split.
+
+Concurrent, resumable (re-run the same command after a failure or Ctrl-C) and
+explicit about every dropped row (failures.csv). Column names are mapped with
+overrides such as columns.image=picture_url. Writes OUT/dataset.parquet (the
+manifest with its split column), OUT/images/, OUT/failures.csv and
+OUT/prepare_report.json.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import click
-import typer
 from rich.console import Console
 from rich.table import Table
 
-from vlmtune.cli._common import CONFIG_OPTION, OVERRIDES_ARGUMENT, build_config
-from vlmtune.data.catalog import CatalogError
-from vlmtune.data.prepare import PrepareArgs, PrepareError, PrepareReport, prepare_dataset
+from vlmtune.data.prepare import PrepareArgs, PrepareReport
+from vlmtune.utils.errors import Interrupted
 
-__all__ = ["PrepareFailed", "command", "summary_table"]
+__all__ = ["CONFIG", "run", "summary_table"]
 
-
-class PrepareFailed(click.ClickException):
-    """The catalog or the output folder cannot be used; reported in one line, exit code 2."""
-
-    exit_code = 2
+CONFIG = PrepareArgs
 
 
-_OUT_OPTION = typer.Option(
-    None, "--out", "-o", help="Output folder; re-running the same command resumes."
-)
+def run(args: PrepareArgs) -> None:
+    from vlmtune.data.prepare import prepare_dataset
 
-
-def command(
-    source: str | None = typer.Option(
-        None,
-        "--source",
-        "-s",
-        help="Catalog: CSV/TSV/Parquet/JSONL file, save_to_disk folder, or hub name.",
-    ),
-    out: Path | None = _OUT_OPTION,
-    concurrency: int | None = typer.Option(
-        None, "--concurrency", help="Worker threads (default 16)."
-    ),
-    per_host: int | None = typer.Option(
-        None, "--per-host", help="Requests in flight per host (default 16)."
-    ),
-    timeout: float | None = typer.Option(
-        None, "--timeout", help="Connect and read timeout in seconds (default 10)."
-    ),
-    retries: int | None = typer.Option(
-        None, "--retries", help="Retries on timeouts, connection errors, 408, 429, 5xx (default 3)."
-    ),
-    max_bytes: int | None = typer.Option(
-        None, "--max-bytes", help="Largest image in bytes (default 20000000)."
-    ),
-    max_side: int | None = typer.Option(
-        None, "--max-side", help="Downsize images whose longer side exceeds this."
-    ),
-    max_pixels: int | None = typer.Option(
-        None, "--max-pixels", help="Refuse images with more pixels (bomb limit, default 40000000)."
-    ),
-    split: str | None = typer.Option(
-        None, "--split", help="Train,val,test fractions (default 0.9,0.05,0.05)."
-    ),
-    stratify: str | None = typer.Option(
-        None, "--stratify", help="Catalog column to stratify the split by."
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the split hash (default 0)."),
-    allow_local_paths: bool = typer.Option(
-        False,
-        "--allow-local-paths",
-        help="Also read absolute image paths and paths outside the catalog's folder.",
-    ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    config: Path | None = CONFIG_OPTION,
-    overrides: list[str] | None = OVERRIDES_ARGUMENT,
-) -> None:
-    """Build the image dataset from a catalog: fetch or copy every image, validate, split, write the manifest.
-
-    Concurrent, resumable (re-run the same command after a failure or Ctrl-C) and
-    explicit about every dropped row (failures.csv). Column names are mapped with
-    overrides such as columns.image=picture_url.
-    """
-    flags = {
-        "source": source,
-        "out": out,
-        "concurrency": concurrency,
-        "per_host": per_host,
-        "timeout": timeout,
-        "retries": retries,
-        "max_bytes": max_bytes,
-        "max_side": max_side,
-        "max_pixels": max_pixels,
-        "split": split,
-        "stratify": stratify,
-        "seed": seed,
-        "allow_local_paths": True if allow_local_paths else None,
-        "progress": False if no_progress else None,
-    }
-    args = build_config(PrepareArgs, config, overrides, flags=flags)
     try:
         report = prepare_dataset(args)
-    except (CatalogError, PrepareError) as err:
-        raise PrepareFailed(str(err)) from err
     except KeyboardInterrupt:
-        typer.echo(
-            f"vlmtune prepare: interrupted; images stored so far are kept in {str(args.out)!r}. "
-            "Run the same command again to resume.",
-            err=True,
-        )
-        raise typer.Abort() from None
+        raise Interrupted(
+            f"interrupted; images stored so far are kept in {str(args.out)!r}. "
+            "Run the same command again to resume."
+        ) from None
     Console(stderr=True).print(summary_table(report))
 
 

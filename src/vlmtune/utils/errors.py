@@ -14,7 +14,7 @@ prints the traceback of these two as well.
 
 from __future__ import annotations
 
-__all__ = ["RunFailure", "UserError"]
+__all__ = ["Interrupted", "RunFailure", "UserError"]
 
 
 class UserError(Exception):
@@ -27,3 +27,9 @@ class RunFailure(RuntimeError):
     """Work that started and could not finish; the message says what happened and what is kept."""
 
     exit_code = 1
+
+
+class Interrupted(RunFailure):
+    """The user stopped the run (Ctrl-C, SIGTERM); the message says what was kept and how to resume."""
+
+    exit_code = 130
