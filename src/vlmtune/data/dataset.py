@@ -38,6 +38,7 @@ from PIL import Image
 
 from vlmtune.data.prepared import PreparedDataset
 from vlmtune.data.prompts import PromptTemplate, record_from_row
+from vlmtune.utils.errors import RunFailure
 
 __all__ = [
     "IGNORE_INDEX",
@@ -55,8 +56,8 @@ IGNORE_INDEX = -100
 _IMAGE_TAG = re.compile(r"<\|image_\d+\|>")
 
 
-class BadImagesError(RuntimeError):
-    """Too many training images are missing or unreadable; the message lists them."""
+class BadImagesError(RunFailure):
+    """Too many training images are missing or unreadable; the message lists them (exit code 1)."""
 
 
 @dataclass(frozen=True)
