@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from fault_server import FaultServer, jpeg_bytes, ok, status  # noqa: E402
+from fault_server import Behaviour, FaultServer, jpeg_bytes, ok, status  # noqa: E402
 
 from vlmtune.cli.main import main  # noqa: E402
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset  # noqa: E402
@@ -195,16 +196,45 @@ def test_unknown_catalog_file_is_reported(tmp_path, capsys):
 # --------------------------------------------------------------------------- kill, then resume
 
 
-def _slow_catalog(server: FaultServer, folder: Path) -> Path:
-    """``N_SLOW`` images: the first ``N_FIRST`` answered at once, the rest held until ``server.go``.
+class _Gate:
+    """The images after the first ``N_FIRST`` of the kill tests.
 
-    With 2 workers taking jobs in catalog order, a run stores exactly the first
-    ``N_FIRST`` images and then waits on the held ones until the test lets them go.
+    ``open``: served at once (the uninterrupted run, the resume). ``hold``: each
+    request waits until :meth:`release`, which answers the waiting ones and
+    refuses every later one at once (503). So a run that is slow to notice its
+    SIGINT cannot fetch past the two requests it had in flight, and the test
+    does not depend on how fast the signal is handled.
+    """
+
+    def __init__(self) -> None:
+        self.state = "open"
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.state = "refuse"  # first: a request arriving from now on must not wait
+        self.released.set()
+
+    def behaviour(self, then: Behaviour) -> Behaviour:
+        def behave(handler, n: int) -> None:
+            if self.state == "hold":
+                self.released.wait(timeout=300)
+            elif self.state == "refuse":
+                return status(503)(handler, n)
+            then(handler, n)
+
+        return behave
+
+
+def _slow_catalog(server: FaultServer, gate: _Gate, folder: Path) -> Path:
+    """``N_SLOW`` images: the first ``N_FIRST`` answered at once, the rest behind ``gate``.
+
+    With 2 workers taking jobs in catalog order, a run with the gate on ``hold``
+    stores exactly the first ``N_FIRST`` images, then waits on two held requests.
     """
     refs = []
     for i in range(N_SLOW):
         body = ok(jpeg_bytes((i * 5 % 256, 100, 200), size=(48, 40)))
-        behaviour = body if i < N_FIRST else server.held(body)
+        behaviour = body if i < N_FIRST else gate.behaviour(body)
         refs.append((f"item-{i:03d}", server.add(f"/s{i}.jpg", behaviour)))
     folder.mkdir(parents=True, exist_ok=True)
     return _catalog(folder / "catalog.csv", refs)
@@ -233,24 +263,26 @@ _PREPARE_ONLY = "\n".join(
 
 
 def _start_and_stop(
-    catalog: Path, out: Path, sig: int, server: FaultServer
+    catalog: Path, out: Path, sig: int, server: FaultServer, gate: _Gate
 ) -> subprocess.CompletedProcess:
-    """Run prepare until it has journaled the ``N_FIRST`` images, signal it, then release the rest.
+    """Run prepare until it has journaled the ``N_FIRST`` images, signal it, then release the gate.
 
     The held images cannot arrive before the signal is sent, so the run is
     always stopped mid-way; releasing them afterwards lets a SIGINT-ed run end
     its in-flight requests at once instead of waiting for their read timeout.
     """
+    gate.state = "hold"
     cmd = [sys.executable, "-c", _PREPARE_ONLY, *_args(catalog, out)[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        server.wait_until(lambda paths, inflight: len(paths) == N_FIRST + 2 and inflight == 2)
+        server.wait_until(lambda paths, inflight: len(paths) >= N_FIRST + 2 and inflight == 2)
         _wait_for_journal(out, N_FIRST, proc)
         assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()}"
         proc.send_signal(sig)
     finally:
-        server.go.set()
+        gate.release()
     stdout, stderr = proc.communicate(timeout=120)
+    gate.state = "open"  # for the resume
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
@@ -306,35 +338,34 @@ def _resume_and_compare(
 @pytest.fixture
 def slow_setup(tmp_path):
     with FaultServer() as server:
-        catalog = _slow_catalog(server, tmp_path / "cat")
+        gate = _Gate()
+        catalog = _slow_catalog(server, gate, tmp_path / "cat")
         reference = tmp_path / "reference"
-        server.go.set()  # the uninterrupted run is not held
         prepare_dataset(
             PrepareArgs(
                 source=str(catalog), out=reference, concurrency=8, per_host=8, progress=False
             )
         )
-        server.go.clear()
         server.clear_log()
-        yield server, catalog, tmp_path / "out", reference
+        yield server, gate, catalog, tmp_path / "out", reference
 
 
 @pytest.mark.slow
 def test_sigint_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
-    server, catalog, out, reference = slow_setup
-    stopped = _start_and_stop(catalog, out, signal.SIGINT, server)
+    server, gate, catalog, out, reference = slow_setup
+    stopped = _start_and_stop(catalog, out, signal.SIGINT, server, gate)
     assert stopped.returncode == 130, stopped.stderr
     assert "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
     assert not [p for p in (out / "images").iterdir() if p.name.endswith(".tmp")]
     stored = _check_no_partial_image(out)
-    assert N_FIRST <= stored <= N_FIRST + 2  # the two held in flight may land as it stops
+    assert N_FIRST <= stored <= N_FIRST + 2  # the two in flight may land as it stops, no more
     _resume_and_compare(catalog, out, reference, server, stored)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
-    server, catalog, out, reference = slow_setup
-    stopped = _start_and_stop(catalog, out, signal.SIGKILL, server)
+    server, gate, catalog, out, reference = slow_setup
+    stopped = _start_and_stop(catalog, out, signal.SIGKILL, server, gate)
     assert stopped.returncode == -signal.SIGKILL
     stored = _check_no_partial_image(out)
     assert stored == N_FIRST  # killed while the rest were held: nothing else could be stored

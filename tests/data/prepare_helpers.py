@@ -13,8 +13,8 @@ from PIL import Image
 
 from vlmtune.data.prepare import FAILURE_COLUMNS, PrepareArgs, PrepareReport, prepare_dataset
 
-FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.02, "max_retry_after": 3.0, "progress": False}
-"""Short timeouts; the backoff waits themselves are never slept (see :func:`run`)."""
+FAST = {"timeout": 5.0, "retries": 1, "backoff": 0.02, "max_retry_after": 3.0, "progress": False}
+"""Timeouts long enough for a loaded machine; the backoff waits are never slept (see :func:`run`)."""
 
 
 def write_catalog(

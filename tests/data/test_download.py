@@ -33,7 +33,7 @@ from fault_server import (
 from vlmtune.data.download import DownloadPolicy, Fetcher, check_url, parse_retry_after
 from vlmtune.data.urls import forbidden_host
 
-FAST = {"timeout": 0.5, "retries": 2, "backoff": 0.02, "max_backoff": 0.2, "max_retry_after": 2.0}
+FAST = {"timeout": 5.0, "retries": 2, "backoff": 0.02, "max_backoff": 0.2, "max_retry_after": 2.0}
 
 
 @pytest.fixture
@@ -173,14 +173,14 @@ def test_slow_response_times_out_after_retries(server):
 
 
 def test_body_still_arriving_past_the_overall_deadline_times_out(server):
-    # Each read of the body advances the injected clock by one read timeout: the ten-timeout
-    # deadline passes after ten reads however fast the machine is, and never before.
+    # The injected clock advances 10 s per read of the body: the deadline of ten read timeouts
+    # (10 x 5 s) passes after a few reads however fast the machine is, and the real read
+    # timeout (5 s) never trips while the server keeps sending.
     url = server.add("/x.jpg", endless_body(b"\xff" * 1024, declared=8_000_000))
-    ticks = itertools.count(0.0, 0.1)
-    policy = DownloadPolicy(**{**FAST, "timeout": 0.1, "retries": 0})
-    with Fetcher(policy, clock=lambda: next(ticks)) as fetcher:
+    ticks = itertools.count(0.0, 10.0)
+    with Fetcher(DownloadPolicy(**{**FAST, "retries": 0}), clock=lambda: next(ticks)) as fetcher:
         result = fetcher.fetch(url)
-    assert result.reason.startswith("timeout: body still arriving after 1 s")
+    assert result.reason.startswith("timeout: body still arriving after 50 s")
     assert 0 < result.bytes_received < 8_000_000 and result.attempts == 1
 
 
