@@ -50,6 +50,19 @@ def test_synth_over_its_own_output_replaces_it_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]  # no staging folder left
 
 
+def test_a_synth_output_from_before_markers_is_replaced_but_not_one_with_user_files(tmp_path):
+    out = tmp_path / "cat"
+    generate_catalog(SynthArgs(out=out, n=4, **SMALL))
+    (out / MARKER).unlink()  # as synth wrote it before markers existed
+    generate_catalog(SynthArgs(out=out, n=3, **SMALL))
+    assert len((out / "catalog.csv").read_text().splitlines()) == 4
+    (out / MARKER).unlink()
+    (out / "my notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="my notes.txt"):
+        generate_catalog(SynthArgs(out=out, n=3, **SMALL))
+    assert (out / "my notes.txt").read_text() == "mine"
+
+
 def test_an_interrupted_synth_leaves_the_earlier_catalog_whole(tmp_path, monkeypatch):
     out = tmp_path / "cat"
     generate_catalog(SynthArgs(out=out, n=8, **SMALL))
@@ -75,9 +88,19 @@ def test_overwrite_replaces_a_foreign_folder(tmp_path):
     )
 
 
-def test_synth_out_is_required():
-    with pytest.raises(ValueError, match=r"out is required.*--out"):
-        SynthArgs(n=3)
+def test_synth_out_is_required_and_may_be_the_current_folder(tmp_path, monkeypatch):
+    from vlmtune.utils.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="out"):
+        config_from_dict(SynthArgs, {"n": 3})
+    with pytest.raises(ConfigError, match="out is required"):
+        config_from_dict(SynthArgs, {"out": " ", "n": 3})
+    monkeypatch.chdir(tmp_path)  # an empty working folder is filled in place
+    generate_catalog(SynthArgs(out=Path("."), n=3, **SMALL))
+    assert (tmp_path / "catalog.csv").is_file() and read_marker(tmp_path)["verb"] == "synth"
+    with pytest.raises(OutputError, match="folder you are working in"):  # never swapped away
+        generate_catalog(SynthArgs(out=Path("."), n=3, **SMALL))
+    assert (tmp_path / "catalog.csv").is_file()
 
 
 def test_serve_images_on_a_busy_port_names_the_port_and_the_fix(tmp_path):

@@ -32,7 +32,7 @@ class PrepareArgs:
 
     source: str = flag("--source", "-s", default="")
     """Catalog: a CSV/TSV/Parquet/JSONL file, a datasets ``save_to_disk`` folder, or a hub name ``owner/name``."""
-    out: Path | None = flag("--out", "-o", default=None)
+    out: Path = flag("--out", "-o", default=Path())
     """Output folder (created); re-running the same command resumes."""
     columns: CatalogColumns = field(default_factory=CatalogColumns)
     """Which catalog columns hold the id, title, category, price and image reference."""
@@ -75,7 +75,7 @@ class PrepareArgs:
             raise ValueError(
                 "source is required: a catalog file, folder, or hub dataset name (--source)"
             )
-        if self.out is None or not str(self.out).strip():
+        if not str(self.out).strip() or Path(self.out) == Path():
             raise ValueError("out is required: the output folder (--out)")
         self.out = Path(self.out)
         self.source = str(self.source)

@@ -8,8 +8,8 @@ references that fail the way real exports do: ``N.A.`` or a reference to a file
 that does not exist; their images are not written.
 
 The output folder follows :mod:`vlmtune.utils.outputs`: it is claimed before
-anything is drawn (missing, empty, or an earlier ``synth`` output; a folder
-holding anything else needs ``--overwrite``). A missing or empty folder is marked
+anything is drawn (missing, empty, or an earlier ``synth`` output, marked or
+from before markers; a folder holding anything else needs ``--overwrite``). A missing or empty folder is marked
 and filled in place; an existing one is rebuilt beside it and swapped in
 whole, so an interrupted run leaves the earlier catalog intact.
 """
@@ -67,6 +67,7 @@ DISCOUNT_RATE = 0.15
 """Share of products on sale (price below full price)."""
 MAX_PRODUCTS = 999_999
 VERB = "synth"
+_OUTPUT_NAMES = {"catalog.csv", "images", "synth_report.json"}
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 _log = get_logger(__name__)
 
@@ -75,7 +76,7 @@ _log = get_logger(__name__)
 class SynthArgs:
     """What ``vlmtune synth`` generates."""
 
-    out: Path | None = flag("--out", default=None)
+    out: Path = flag("--out")
     """Output folder: receives catalog.csv, images/ and synth_report.json."""
     n: int = flag("--n", default=2000)
     """Number of products (rows)."""
@@ -97,7 +98,7 @@ class SynthArgs:
     """Replace what ``--out`` holds even when it is not an earlier synth output."""
 
     def __post_init__(self) -> None:
-        if self.out is None or not str(self.out).strip():
+        if not str(self.out).strip():
             raise ValueError("out is required: the output folder (--out)")
         self.out = Path(self.out)
         if self.preview is not None:
@@ -186,7 +187,7 @@ def generate_catalog(args: SynthArgs) -> Path:
     Raises :class:`~vlmtune.utils.outputs.OutputError` before any work when
     ``args.out`` may not be written (see the module docstring).
     """
-    claim = claim_output_dir(args.out, VERB, overwrite=args.overwrite)
+    claim = claim_output_dir(args.out, VERB, overwrite=args.overwrite, legacy=_is_legacy_output)
     preview = Path(args.preview).resolve() if args.preview is not None else None
     if claim.existed:
         with replace_dir(claim.path, VERB) as staging:
@@ -199,6 +200,12 @@ def generate_catalog(args: SynthArgs) -> Path:
 
         write_contact_sheet(claim.path, preview)
     return claim.path / "catalog.csv"
+
+
+def _is_legacy_output(folder: Path) -> bool:
+    """A synth output written before markers existed: only synth's files, its report among them."""
+    names = {entry.name for entry in folder.iterdir()}
+    return "synth_report.json" in names and names <= _OUTPUT_NAMES
 
 
 def _generate(args: SynthArgs, out: Path) -> None:
