@@ -242,7 +242,7 @@ def _slow_catalog(server: FaultServer, gate: _Gate, folder: Path) -> Path:
 
 def _args(catalog: Path, out: Path) -> list[str]:
     return ["prepare", "--source", str(catalog), "--out", str(out), "--no-progress",
-            "--concurrency", "2", "--per-host", "2", "--timeout", "5"]  # fmt: skip
+            "--concurrency", "2", "--per-host", "2", "--timeout", "60"]  # fmt: skip
 
 
 # `python -m vlmtune.cli.main` imports every verb (transformers included: ~10 s of CPU), so the

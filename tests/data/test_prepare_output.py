@@ -127,7 +127,10 @@ def test_a_second_prepare_on_the_same_folder_is_refused_while_the_first_runs(tmp
             for i in range(3)]  # fmt: skip
     catalog = write_catalog(tmp_path / "c.csv", rows)
     outcome: list[object] = []
-    first = threading.Thread(target=lambda: outcome.append(run(catalog, tmp_path / "out")))
+    # a long timeout: the held requests must outlast the second run however loaded the machine
+    first = threading.Thread(
+        target=lambda: outcome.append(run(catalog, tmp_path / "out", timeout=120.0))
+    )
     first.start()
     try:
         server.wait_until(lambda paths, _inflight: len(paths) >= 1)  # the first run is fetching
