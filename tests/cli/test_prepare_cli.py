@@ -1,9 +1,11 @@
 """``vlmtune prepare`` as a command: flags, YAML config, clean errors, and kill-then-resume.
 
-The kill tests run the real command in a subprocess against a slow server on
-127.0.0.1, stop it mid-run with SIGINT or SIGKILL, and check that no partial
-image is left under its final name and that the next run ends with exactly the
-dataset of an uninterrupted run, without fetching again what was stored.
+The kill tests run the real command in a subprocess against a server on
+127.0.0.1 that answers the first images at once and holds the others until the
+test has sent its signal, so the run is always caught mid-way, however fast the
+machine. They check that no partial image is left under its final name and that
+the next run ends with exactly the dataset of an uninterrupted run, without
+fetching again what was stored.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -22,13 +26,14 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from fault_server import FaultServer, jpeg_bytes, ok, slow, status  # noqa: E402
+from fault_server import Behaviour, FaultServer, jpeg_bytes, ok, status  # noqa: E402
 
 from vlmtune.cli.main import main  # noqa: E402
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset  # noqa: E402
 from vlmtune.data.prepared import load_prepared  # noqa: E402
 
 N_SLOW = 40
+N_FIRST = 8  # images served at once; the others wait for the test's signal
 
 
 def _catalog(
@@ -142,7 +147,16 @@ def test_hub_dataset_name_fails_at_once_when_offline(tmp_path, monkeypatch, caps
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))  # empty
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    started = time.monotonic()
+    # "at once" means: no connection attempt and no call into datasets' (retrying) hub loader
+    attempts: list[object] = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("the test forbids network access here")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr("datasets.load_dataset", no_network)
     code = main(
         [
             "prepare",
@@ -154,9 +168,24 @@ def test_hub_dataset_name_fails_at_once_when_offline(tmp_path, monkeypatch, caps
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and time.monotonic() - started < 10
+    assert code == 2 and attempts == []
     assert "offline" in err and "local" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing is created before the catalog is read
+
+
+def test_the_missing_column_advice_is_an_override_that_works(tmp_path, capsys):
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    (folder / "0.jpg").write_bytes(jpeg_bytes())
+    catalog = _catalog(folder / "c.csv", [("s0", "0.jpg")], image_col="picture")
+    args = ["prepare", "--source", str(catalog), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "imageurl" in err and "picture" in err and "Traceback" not in err
+    advice = re.search(r"e\.g\. (columns\.\w+)=YOUR_COLUMN", err)
+    assert advice, err
+    assert main([*args, f"{advice.group(1)}=picture"]) == 0  # the advice, followed literally
+    assert list(load_prepared(tmp_path / "out").frame["picture"]) == ["0.jpg"]
 
 
 def test_unknown_catalog_file_is_reported(tmp_path, capsys):
@@ -167,18 +196,53 @@ def test_unknown_catalog_file_is_reported(tmp_path, capsys):
 # --------------------------------------------------------------------------- kill, then resume
 
 
-def _slow_catalog(server: FaultServer, folder: Path) -> Path:
+class _Gate:
+    """The images after the first ``N_FIRST`` of the kill tests.
+
+    ``open``: served at once (the uninterrupted run, the resume). ``hold``: each
+    request waits until :meth:`release`, which answers the waiting ones and
+    refuses every later one at once (503). So a run that is slow to notice its
+    SIGINT cannot fetch past the two requests it had in flight, and the test
+    does not depend on how fast the signal is handled.
+    """
+
+    def __init__(self) -> None:
+        self.state = "open"
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.state = "refuse"  # first: a request arriving from now on must not wait
+        self.released.set()
+
+    def behaviour(self, then: Behaviour) -> Behaviour:
+        def behave(handler, n: int) -> None:
+            if self.state == "hold":
+                self.released.wait(timeout=300)
+            elif self.state == "refuse":
+                return status(503)(handler, n)
+            then(handler, n)
+
+        return behave
+
+
+def _slow_catalog(server: FaultServer, gate: _Gate, folder: Path) -> Path:
+    """``N_SLOW`` images: the first ``N_FIRST`` answered at once, the rest behind ``gate``.
+
+    With 2 workers taking jobs in catalog order, a run with the gate on ``hold``
+    stores exactly the first ``N_FIRST`` images, then waits on two held requests.
+    """
     refs = []
     for i in range(N_SLOW):
-        body = jpeg_bytes((i * 5 % 256, 100, 200), size=(48, 40))
-        refs.append((f"item-{i:03d}", server.add(f"/s{i}.jpg", slow(0.1, ok(body)))))
+        body = ok(jpeg_bytes((i * 5 % 256, 100, 200), size=(48, 40)))
+        behaviour = body if i < N_FIRST else gate.behaviour(body)
+        refs.append((f"item-{i:03d}", server.add(f"/s{i}.jpg", behaviour)))
     folder.mkdir(parents=True, exist_ok=True)
     return _catalog(folder / "catalog.csv", refs)
 
 
 def _args(catalog: Path, out: Path) -> list[str]:
     return ["prepare", "--source", str(catalog), "--out", str(out), "--no-progress",
-            "--concurrency", "2", "--per-host", "2", "--timeout", "5"]  # fmt: skip
+            "--concurrency", "2", "--per-host", "2", "--timeout", "60"]  # fmt: skip
 
 
 # `python -m vlmtune.cli.main` imports every verb (transformers included: ~10 s of CPU), so the
@@ -198,22 +262,42 @@ _PREPARE_ONLY = "\n".join(
 )
 
 
-def _start_and_stop(catalog: Path, out: Path, sig: int) -> subprocess.CompletedProcess:
+def _start_and_stop(
+    catalog: Path, out: Path, sig: int, server: FaultServer, gate: _Gate
+) -> subprocess.CompletedProcess:
+    """Run prepare until it has journaled the ``N_FIRST`` images, signal it, then release the gate.
+
+    The held images cannot arrive before the signal is sent, so the run is
+    always stopped mid-way; releasing them afterwards lets a SIGINT-ed run end
+    its in-flight requests at once instead of waiting for their read timeout.
+    """
+    gate.state = "hold"
     cmd = [sys.executable, "-c", _PREPARE_ONLY, *_args(catalog, out)[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    images = out / "images"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (
-            images.is_dir()
-            and len([p for p in images.iterdir() if not p.name.startswith(".")]) >= 8
-        ):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before it could be stopped: {proc.communicate()}"
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        server.wait_until(lambda paths, inflight: len(paths) >= N_FIRST + 2 and inflight == 2)
+        _wait_for_journal(out, N_FIRST, proc)
+        assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()}"
+        proc.send_signal(sig)
+    finally:
+        gate.release()
+    stdout, stderr = proc.communicate(timeout=120)
+    gate.state = "open"  # for the resume
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _wait_for_journal(out: Path, lines: int, proc: subprocess.Popen) -> None:
+    """Block until the journal holds ``lines`` records, which the run must reach (not a race:
+    the held images cannot add more); gives up if the run ends or after about two minutes."""
+    for _ in range(12_000):
+        if _journaled(out) >= lines:
+            break
+        try:
+            proc.wait(timeout=0.01)
+            break  # the run ended early: the assertion below reports it
+        except subprocess.TimeoutExpired:
+            pass
+    assert _journaled(out) == lines
 
 
 def _check_no_partial_image(out: Path) -> int:
@@ -236,7 +320,7 @@ def _resume_and_compare(
     catalog: Path, out: Path, reference: Path, server: FaultServer, stored: int
 ) -> None:
     journaled = _journaled(out)
-    assert stored - 4 <= journaled <= stored  # only the last jobs' images may be unrecorded
+    assert stored - 3 <= journaled <= stored  # only images in flight (or torn) may be unrecorded
     server.clear_log()
     assert main(_args(catalog, out)) == 0
     report = json.loads((out / "prepare_report.json").read_text())
@@ -254,33 +338,40 @@ def _resume_and_compare(
 @pytest.fixture
 def slow_setup(tmp_path):
     with FaultServer() as server:
-        catalog = _slow_catalog(server, tmp_path / "cat")
+        gate = _Gate()
+        catalog = _slow_catalog(server, gate, tmp_path / "cat")
         reference = tmp_path / "reference"
         prepare_dataset(
             PrepareArgs(
                 source=str(catalog), out=reference, concurrency=8, per_host=8, progress=False
             )
         )
-        yield server, catalog, tmp_path / "out", reference
+        server.clear_log()
+        yield server, gate, catalog, tmp_path / "out", reference
 
 
 @pytest.mark.slow
 def test_sigint_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
-    server, catalog, out, reference = slow_setup
-    stopped = _start_and_stop(catalog, out, signal.SIGINT)
+    server, gate, catalog, out, reference = slow_setup
+    stopped = _start_and_stop(catalog, out, signal.SIGINT, server, gate)
     assert stopped.returncode == 130, stopped.stderr
     assert "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
     assert not [p for p in (out / "images").iterdir() if p.name.endswith(".tmp")]
     stored = _check_no_partial_image(out)
-    assert 8 <= stored < N_SLOW
+    assert N_FIRST <= stored <= N_FIRST + 2  # the two in flight may land as it stops, no more
     _resume_and_compare(catalog, out, reference, server, stored)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_result(slow_setup):
-    server, catalog, out, reference = slow_setup
-    stopped = _start_and_stop(catalog, out, signal.SIGKILL)
+    server, gate, catalog, out, reference = slow_setup
+    stopped = _start_and_stop(catalog, out, signal.SIGKILL, server, gate)
     assert stopped.returncode == -signal.SIGKILL
     stored = _check_no_partial_image(out)
-    assert 8 <= stored < N_SLOW
+    assert stored == N_FIRST  # killed while the rest were held: nothing else could be stored
+    # a kill can land mid-line: cut the last journal record in half, as such a kill leaves it
+    journal = out / ".prepare_journal.jsonl"
+    text = journal.read_text(encoding="utf-8")
+    journal.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1], encoding="utf-8")
+    assert _journaled(out) == N_FIRST - 1
     _resume_and_compare(catalog, out, reference, server, stored)

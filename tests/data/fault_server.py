@@ -5,7 +5,12 @@ request handler and how many times that path was requested before. The
 behaviours below cover the fault matrix of ``vlmtune prepare``: status codes,
 status sequences (500 then 200), Retry-After, slow responses, truncated bodies,
 redirects, connection resets and oversized bodies. Every request is logged
-(path and time) so that tests can assert which URLs were fetched and how often.
+so that tests can assert which URLs were fetched and how often.
+
+Nothing here races the test: a response that must come late (a timeout, a run
+to interrupt) is *held* (:meth:`FaultServer.held`) until the test sets
+``server.go``, and the test waits for the server to reach a state
+(:meth:`FaultServer.wait_until`) instead of sleeping.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ Behaviour = Callable[[BaseHTTPRequestHandler, int], None]
 __all__ = [
     "FaultServer",
     "bomb_png",
-    "dribble",
+    "endless_body",
     "html_page",
     "jpeg_bytes",
     "ok",
@@ -34,7 +39,6 @@ __all__ = [
     "redirect",
     "reset",
     "sequence",
-    "slow",
     "status",
     "too_many_bytes",
     "truncated_body",
@@ -109,14 +113,6 @@ def sequence(*behaviours: Behaviour) -> Behaviour:
     return behave
 
 
-def slow(delay: float, then: Behaviour) -> Behaviour:
-    def behave(handler: BaseHTTPRequestHandler, n: int) -> None:
-        time.sleep(delay)
-        then(handler, n)
-
-    return behave
-
-
 def truncated_body(body: bytes, declared: int) -> Behaviour:
     """Declare ``declared`` bytes, send ``body`` (shorter), close the connection."""
 
@@ -169,17 +165,18 @@ def too_many_bytes(size: int, declare: bool = True) -> Behaviour:
     return behave
 
 
-def dribble(chunk: bytes, interval: float, count: int) -> Behaviour:
-    """Send ``count`` chunks, one every ``interval`` seconds (never idle long enough to time out)."""
+def endless_body(chunk: bytes, declared: int) -> Behaviour:
+    """Declare ``declared`` bytes and send ``chunk`` after ``chunk`` until the client hangs up."""
 
     def behave(handler: BaseHTTPRequestHandler, _n: int) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", str(len(chunk) * count))
+        handler.send_header("Content-Length", str(declared))
         handler.end_headers()
-        for _ in range(count):
+        handler.close_connection = True
+        for _ in range(declared // max(len(chunk), 1)):
             handler.wfile.write(chunk)
-            time.sleep(interval)
+            handler.wfile.flush()
 
     return behave
 
@@ -210,8 +207,9 @@ class FaultServer:
     """``with FaultServer() as server: url = server.add("/a.jpg", ok(jpeg_bytes()))``.
 
     ``latency`` seconds are slept before every response (the benchmark's
-    50 ms). ``log`` holds ``(path, monotonic time)`` per request;
-    ``max_inflight`` the largest number of requests handled at once.
+    50 ms, never used by the tests). ``log`` holds ``(path, monotonic time)`` per request;
+    ``max_inflight`` the largest number of requests handled at once. Responses
+    made with :meth:`held` wait until ``go`` is set (it is set on exit).
     """
 
     def __init__(self, latency: float = 0.0) -> None:
@@ -219,8 +217,10 @@ class FaultServer:
         self.routes: dict[str, Behaviour] = {}
         self.log: list[tuple[str, float]] = []
         self.max_inflight = 0
+        self.go = threading.Event()
         self._inflight = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -243,10 +243,6 @@ class FaultServer:
         with self._lock:
             return sum(1 for p, _ in self.log if p == path)
 
-    def times(self, path: str) -> list[float]:
-        with self._lock:
-            return [t for p, t in self.log if p == path]
-
     def paths(self) -> list[str]:
         with self._lock:
             return [p for p, _ in self.log]
@@ -255,25 +251,47 @@ class FaultServer:
         with self._lock:
             self.log.clear()
 
+    def held(self, then: Behaviour) -> Behaviour:
+        """``then``, once the test has set ``go`` (a response that cannot come early)."""
+
+        def behave(handler: BaseHTTPRequestHandler, n: int) -> None:
+            self.go.wait(timeout=300)  # bounded: a failing test must not hang the server forever
+            then(handler, n)
+
+        return behave
+
+    def wait_until(
+        self, predicate: Callable[[list[str], int], bool], timeout: float = 120.0
+    ) -> None:
+        """Block until ``predicate(paths requested, requests in flight)`` holds; fail after ``timeout``."""
+        with self._changed:
+            reached = self._changed.wait_for(
+                lambda: predicate([p for p, _ in self.log], self._inflight), timeout
+            )
+        assert reached, f"the server never reached the state the test waits for ({self.log})"
+
     def __enter__(self) -> FaultServer:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.go.set()
         self._server.shutdown()
         self._server.server_close()
 
     def _record(self, path: str) -> int:
-        with self._lock:
+        with self._changed:
             before = sum(1 for p, _ in self.log if p == path)
             self.log.append((path, time.monotonic()))
             self._inflight += 1
             self.max_inflight = max(self.max_inflight, self._inflight)
+            self._changed.notify_all()
         return before
 
     def _done(self) -> None:
-        with self._lock:
+        with self._changed:
             self._inflight -= 1
+            self._changed.notify_all()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -11,10 +11,7 @@ import hashlib
 import io
 import json
 import os
-import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +26,6 @@ from fault_server import (
     redirect,
     reset,
     sequence,
-    slow,
     status,
     too_many_bytes,
     truncated_body,
@@ -37,58 +33,13 @@ from fault_server import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from prepare_helpers import failures, good_server, noisy_jpeg, run, write_catalog
 
 from vlmtune.data.images import safe_stem
-from vlmtune.data.prepare import (
-    FAILURE_COLUMNS,
-    PrepareArgs,
-    PrepareError,
-    check_unique_stems,
-    prepare_dataset,
-)
+from vlmtune.data.prepare import PrepareArgs, PrepareError, check_unique_stems
 from vlmtune.data.prepared import load_prepared
-from vlmtune.data.splits import assign_splits, parse_split_fractions
 
-FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.02, "max_retry_after": 3.0, "progress": False}
 STORED_NAME = re.compile(r"^[A-Za-z0-9._-]*-[0-9a-f]{16}\.(jpg|png)$")
-
-
-def write_catalog(
-    path: Path, rows: list[tuple[str, str]], categories: list[str] | None = None
-) -> Path:
-    """A catalog with the default (DBQ) column names; ``rows`` are (product id, image reference)."""
-    frame = pd.DataFrame(
-        {
-            "product_code": [pid for pid, _ in rows],
-            "title": [f"Item {i}" for i in range(len(rows))],
-            "category3_code": categories or ["SCARVES"] * len(rows),
-            "full_price": ["1,290.00"] * len(rows),
-            "imageurl": [ref for _, ref in rows],
-        }
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-    return path
-
-
-def run(catalog: Path, out: Path, **overrides):
-    return prepare_dataset(PrepareArgs(source=str(catalog), out=out, **{**FAST, **overrides}))
-
-
-def failures(out: Path) -> dict[str, tuple[str, str]]:
-    frame = pd.read_csv(out / "failures.csv", dtype=str, keep_default_na=False)
-    assert list(frame.columns) == FAILURE_COLUMNS
-    return {r.id: (r.stage, r.reason.split(":")[0]) for r in frame.itertuples()}
-
-
-def noisy_jpeg(size: int = 64, seed: int = 0) -> bytes:
-    pixels = random.Random(seed).randbytes(size * size * 3)
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (size, size), pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- the fault matrix
@@ -106,6 +57,8 @@ EXPECTED_FAILURES = {
     "loop": ("download", "too many redirects"),
     "to_file": ("download", "bad redirect"),
     "to_metadata": ("download", "bad redirect"),
+    "metadata_ip": ("download", "forbidden address"),
+    "metadata_name": ("download", "forbidden address"),
     "truncated_jpeg": ("image", "truncated image"),
     "html": ("image", "html"),
     "garbage": ("image", "not an image"),
@@ -132,7 +85,7 @@ def _matrix_routes(server: FaultServer) -> dict[str, str]:
         "shared": ok(jpeg_bytes((50, 60, 70))),
         "missing": status(404),
         "forbidden": status(403),
-        "slow": slow(2.0, ok(jpeg)),
+        "slow": server.held(ok(jpeg)),  # answers only after the run: always a timeout
         "truncated_body": truncated_body(jpeg[:200], declared=len(jpeg)),
         "reset": reset(),
         "too_big": too_many_bytes(300_000),
@@ -156,10 +109,17 @@ def matrix(tmp_path_factory):
         refs = {name: url for name, url in urls.items() if name != "shared"}
         refs.update(dup_a=urls["shared"], dup_b=urls["shared"])
         refs.update(ftp="ftp://127.0.0.1/a.jpg", file="file:///etc/passwd", na="N.A.",
-                    data="data:image/png;base64,iVBORw0KGgo=", js="javascript:alert(1)")  # fmt: skip
+                    data="data:image/png;base64,iVBORw0KGgo=", js="javascript:alert(1)",
+                    metadata_ip="http://169.254.169.254/latest/meta-data/iam/",
+                    metadata_name="http://metadata.google.internal/computeMetadata/v1/")  # fmt: skip
         catalog = write_catalog(root / "catalog.csv", sorted(refs.items()))
-        report = run(catalog, root / "out", concurrency=8, max_bytes=200_000)
-        yield {"server": server, "out": root / "out", "report": report, "refs": refs}
+        waits: list[float] = []
+        # 2 s: only the held "slow" row may time out, however loaded the machine
+        report = run(
+            catalog, root / "out", waits.append, concurrency=8, max_bytes=200_000, timeout=2.0
+        )
+        yield {"server": server, "out": root / "out", "report": report, "refs": refs,
+               "waits": waits}  # fmt: skip
 
 
 def test_matrix_keeps_exactly_the_good_rows(matrix):
@@ -198,9 +158,24 @@ def test_matrix_request_policy(matrix):
     assert server.count("/flaky.jpg") == 2 and server.count("/slow.jpg") == 2
     assert server.count("/cdn_520.jpg") == 2 and server.count("/timeout_408.jpg") == 2
     assert server.count("/shared.jpg") == 1  # a duplicate URL is fetched once
-    first, second = server.times("/throttled.jpg")
-    assert second - first >= 0.95  # Retry-After: 1 honoured
-    assert all(p.endswith(".jpg") for p in server.paths())  # ftp/file/data/javascript: no request
+    assert server.count("/throttled.jpg") == 2
+    # one wait per retried URL: Retry-After: 1 for the 429, jittered backoffs (0.02 s base) else
+    retried = ("flaky", "cdn_520", "timeout_408", "throttled", "slow", "truncated_body", "reset")
+    waits = sorted(matrix["waits"])
+    assert len(waits) == len(retried) and waits[-1] == 1.0 and all(w < 0.03 for w in waits[:-1])
+    # ftp/file/data/javascript and the metadata hosts: no request
+    assert all(p.endswith(".jpg") for p in server.paths())
+
+
+def test_matrix_metadata_hosts_are_refused_as_first_url_and_as_redirect(matrix):
+    frame = pd.read_csv(matrix["out"] / "failures.csv", dtype=str).set_index("id")
+    for pid in ("metadata_ip", "metadata_name"):
+        assert frame.loc[pid, "reason"].startswith("forbidden address:")
+    redirected = frame.loc["to_metadata", "reason"]
+    assert redirected.startswith("bad redirect:") and "forbidden address:" in redirected
+    assert (
+        "169.254.169.254" in frame.loc["metadata_ip", "reason"] and "169.254.169.254" in redirected
+    )
 
 
 def test_matrix_stored_images_are_rgb_and_match_the_manifest(matrix):
@@ -226,15 +201,9 @@ def test_matrix_stored_images_are_rgb_and_match_the_manifest(matrix):
 # --------------------------------------------------------------------------- resume
 
 
-def _good_server(server: FaultServer, n: int) -> list[tuple[str, str]]:
-    return [
-        (f"p{i}", server.add(f"/p{i}.jpg", ok(jpeg_bytes((i, 2 * i, 3 * i))))) for i in range(n)
-    ]
-
-
 def test_rerun_makes_no_request_for_stored_images(tmp_path):
     with FaultServer() as server:
-        catalog = write_catalog(tmp_path / "c.csv", _good_server(server, 12))
+        catalog = write_catalog(tmp_path / "c.csv", good_server(server, 12))
         first = run(catalog, tmp_path / "out")
         before = pd.read_parquet(tmp_path / "out" / "dataset.parquet")
         server.clear_log()
@@ -247,7 +216,7 @@ def test_rerun_makes_no_request_for_stored_images(tmp_path):
 
 def test_rerun_retries_only_what_failed(tmp_path):
     with FaultServer() as server:
-        rows = _good_server(server, 8)
+        rows = good_server(server, 8)
         for name in ("bad0", "bad1", "bad2"):
             rows.append((name, server.add(f"/{name}.jpg", status(503))))
         catalog = write_catalog(tmp_path / "c.csv", rows)
@@ -264,7 +233,7 @@ def test_rerun_retries_only_what_failed(tmp_path):
 
 def test_rerun_fetches_again_an_image_whose_bytes_changed(tmp_path):
     with FaultServer() as server:
-        catalog = write_catalog(tmp_path / "c.csv", _good_server(server, 4))
+        catalog = write_catalog(tmp_path / "c.csv", good_server(server, 4))
         run(catalog, tmp_path / "out")
         frame = pd.read_parquet(tmp_path / "out" / "dataset.parquet").set_index("product_code")
         target = tmp_path / "out" / frame.loc["p2", "local_image_path"]
@@ -291,7 +260,7 @@ def test_changed_image_settings_store_images_again(tmp_path):
 
 def test_rows_gone_from_the_catalog_lose_their_image_and_stale_temp_files_go(tmp_path):
     with FaultServer() as server:
-        rows = _good_server(server, 3)
+        rows = good_server(server, 3)
         run(write_catalog(tmp_path / "c.csv", rows), tmp_path / "out")
         stale = tmp_path / "out" / "images" / ".p0-0123456789abcdef.jpg.x1y2.tmp"
         stale.write_bytes(b"half an image")
@@ -420,103 +389,6 @@ def _cmyk_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-# --------------------------------------------------------------------------- splits
-
-
-def test_splits_follow_the_fractions_and_the_seed():
-    ids = [f"id{i}" for i in range(10_000)]
-    split = assign_splits(ids, (0.8, 0.1, 0.1), seed=0)
-    # each id draws its own split: counts are binomial (sd 40 and 30 here), not exact
-    assert abs(split.count("train") - 8000) < 200 and abs(split.count("val") - 1000) < 150
-    assert abs(split.count("test") - 1000) < 150
-    assert assign_splits(list(reversed(ids)), (0.8, 0.1, 0.1), seed=0) == list(reversed(split))
-    assert assign_splits(ids, (0.8, 0.1, 0.1), seed=1) != split
-    assert set(assign_splits(ids, (0.9, 0.1, 0.0))) == {"train", "val"}
-
-
-def test_adding_products_never_moves_an_existing_one_to_another_split():
-    ids = [f"p{i}" for i in range(1000)]
-    before = dict(zip(ids, assign_splits(ids, (0.9, 0.05, 0.05), seed=4), strict=True))
-    grown = ids[:500] + [f"new{i}" for i in range(50)] + ids[500:]
-    after = dict(zip(grown, assign_splits(grown, (0.9, 0.05, 0.05), seed=4), strict=True))
-    assert {pid: after[pid] for pid in ids} == before
-    shrunk = ids[::3]
-    again = assign_splits(shrunk, (0.9, 0.05, 0.05), seed=4)
-    assert again == [before[pid] for pid in shrunk]
-
-
-def test_a_split_is_the_documented_function_of_the_seed_and_id_alone():
-    ids = [f"sku-{i}" for i in range(2000)]
-    fractions = (0.7, 0.2, 0.1)
-    expected = []
-    for pid in ids:
-        digest = hashlib.sha256(f"7\0{pid}".encode()).hexdigest()
-        u = int(digest[:16], 16) / 2**64
-        expected.append("train" if u < 0.7 else "val" if u < 0.7 + 0.2 else "test")
-    assert assign_splits(ids, fractions, seed=7) == expected
-
-
-def test_stratified_splits_are_proportional_per_stratum():
-    ids = [f"id{i}" for i in range(140)]
-    strata = ["A"] * 100 + ["B"] * 40
-    split = assign_splits(ids, (0.5, 0.25, 0.25), strata=strata)
-    for name, size in (("A", 100), ("B", 40)):
-        got = [s for s, g in zip(split, strata, strict=True) if g == name]
-        assert (got.count("train"), got.count("val"), got.count("test")) == (
-            size // 2,
-            size // 4,
-            size // 4,
-        )
-
-
-def test_small_catalog_still_gets_val_and_test():
-    split = assign_splits(["a", "b", "c", "d", "e"], parse_split_fractions("0.9,0.05,0.05"))
-    assert sorted(set(split)) == ["test", "train", "val"]
-
-
-def test_splits_are_the_same_in_another_process():
-    ids = [f"product-{i}" for i in range(200)]
-    code = ("import json,sys; from vlmtune.data.splits import assign_splits; "
-            "print(json.dumps(assign_splits(json.loads(sys.argv[1]), (0.7, 0.2, 0.1), seed=3)))")  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(ids)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    assert json.loads(out.stdout) == assign_splits(ids, (0.7, 0.2, 0.1), seed=3)
-
-
-def test_prepare_split_does_not_depend_on_which_downloads_failed(tmp_path):
-    with FaultServer() as server:
-        rows = _good_server(server, 30)
-        rows[3] = (rows[3][0], server.add("/gone.jpg", status(404)))
-        catalog = write_catalog(tmp_path / "c.csv", rows, categories=["A", "B", "C"] * 10)
-        report = run(
-            catalog, tmp_path / "out", split="0.6,0.2,0.2", stratify="category3_code", seed=5
-        )
-    frame = load_prepared(tmp_path / "out").frame
-    expected = assign_splits(
-        [pid for pid, _ in rows], (0.6, 0.2, 0.2), seed=5, strata=["A", "B", "C"] * 10
-    )
-    assert list(frame["split"]) == [
-        s for s, (pid, _) in zip(expected, rows, strict=True) if pid != "p3"
-    ]
-    assert sum(report.splits.values()) == 29
-    assert (
-        json.loads((tmp_path / "out" / "vlmtune_dataset.json").read_text())["splits"]
-        == report.splits
-    )
-
-
-def test_unknown_stratify_column_is_an_error(tmp_path):
-    catalog = write_catalog(tmp_path / "c.csv", [("a", "x.jpg")])
-    with pytest.raises(PrepareError, match="stratify column 'nope'"):
-        run(catalog, tmp_path / "out", stratify="nope")
-
-
 # --------------------------------------------------------------------------- arguments
 
 
@@ -558,14 +430,3 @@ def test_progress_bar_shows_rate_and_eta(tmp_path, capsys):
     run(catalog, tmp_path / "out", progress=True)
     err = capsys.readouterr().err
     assert "3/3" in err and "img/s" in err and "<" in err  # count, rate, elapsed<remaining
-
-
-def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
-    fcntl = pytest.importorskip("fcntl")
-    catalog = write_catalog(tmp_path / "c.csv", [("a", "x.jpg")])
-    (tmp_path / "out").mkdir()
-    with open(tmp_path / "out" / ".prepare.lock", "a+b") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # what a running prepare holds
-        with pytest.raises(PrepareError, match="another `vlmtune prepare` is writing"):
-            run(catalog, tmp_path / "out")
-    assert run(catalog, tmp_path / "out").rows_read == 1

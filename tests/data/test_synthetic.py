@@ -19,6 +19,7 @@ from PIL import Image
 from vlmtune.data.catalog import CatalogColumns, load_catalog
 from vlmtune.data.synthetic import (
     DBQ_COLUMNS,
+    ServeError,
     SynthArgs,
     generate_catalog,
     render_product,
@@ -261,7 +262,7 @@ def test_serve_directory_serves_files_404s_and_no_escape(catalog: Path) -> None:
 
 
 def test_serve_directory_refuses_a_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not a folder"), serve_directory(tmp_path / "nope"):
+    with pytest.raises(ServeError, match="not a folder"), serve_directory(tmp_path / "nope"):
         pass
 
 

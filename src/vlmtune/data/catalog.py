@@ -13,6 +13,7 @@ leading zeros and prices with thousands separators survive.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from vlmtune.utils.errors import UserError
 from vlmtune.utils.io import atomic_path
 
 __all__ = [
@@ -55,8 +57,9 @@ _LOCAL_HINT = (
 )
 
 
-class CatalogError(ValueError):
-    """The catalog as a whole cannot be read (missing file, unknown format, missing column)."""
+class CatalogError(UserError, ValueError):
+    """The catalog as a whole cannot be used (missing file, unknown format, bad line, missing
+    column, no rows); the message names the file and the fix."""
 
 
 class PriceError(ValueError):
@@ -169,8 +172,8 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
         ".tsv": lambda p: pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False),
         ".parquet": pd.read_parquet,
         ".pq": pd.read_parquet,
-        ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
-        ".ndjson": lambda p: pd.read_json(p, lines=True, dtype=False),
+        ".jsonl": _read_jsonl,
+        ".ndjson": _read_jsonl,
     }
     if suffix not in readers:
         raise CatalogError(
@@ -179,14 +182,44 @@ def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
         )
     try:
         return readers[suffix](path)
+    except CatalogError:
+        raise
     except (ValueError, OSError) as err:
         raise CatalogError(f"catalog {str(source)!r} could not be read as {suffix}: {err}") from err
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line (blank lines skipped); a bad line is named by its line number."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CatalogError(
+                    f"catalog {str(path)!r}: line {number} is not valid JSON ({err.msg}, column "
+                    f"{err.colno}); fix or remove that line"
+                ) from err
+            if not isinstance(record, dict):
+                raise CatalogError(
+                    f"catalog {str(path)!r}: line {number} is not a JSON object (one product per "
+                    'line, as {"title": ..., "imageurl": ...}); fix or remove that line'
+                )
+            records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def load_catalog(source: str | os.PathLike[str], columns: CatalogColumns | None = None) -> Catalog:
     """Read ``source`` and split it into valid rows and rejects (with reasons)."""
     columns = columns or CatalogColumns()
     table = read_table(source).reset_index(drop=True)
+    if table.empty:
+        raise CatalogError(
+            f"catalog {str(source)!r} has no rows (only a header, or nothing at all); "
+            "give a catalog with at least one product"
+        )
     _check_columns(table, columns, str(source))
     keep, prices, rejects = [], [], []
     first_seen: dict[str, int] = {}
@@ -237,11 +270,14 @@ def _text(value: Any) -> str:
 
 
 def _check_columns(table: pd.DataFrame, columns: CatalogColumns, source: str) -> None:
-    missing = [f"{k}={v!r}" for k, v in asdict(columns).items() if v not in table.columns]
+    missing = [(k, v) for k, v in asdict(columns).items() if v not in table.columns]
     if missing:
+        field_name = missing[0][0]
         raise CatalogError(
-            f"catalog {source!r} lacks the column(s) {', '.join(missing)}; it has "
-            f"{', '.join(map(str, table.columns))}. Map yours with catalog.columns.<field>=NAME"
+            f"catalog {source!r} lacks the column(s) "
+            f"{', '.join(f'{k}={v!r}' for k, v in missing)}; it has "
+            f"{', '.join(map(str, table.columns))}. Map yours with columns.<field>=NAME "
+            f"(e.g. columns.{field_name}=YOUR_COLUMN) or a columns: section in the --config file"
         )
 
 

@@ -12,13 +12,11 @@ a 2-core machine fetching many small images.
 Policy, following the usual practice of HTTP clients (urllib3's ``Retry``,
 the "exponential backoff and jitter" scheme):
 
-- only ``http`` and ``https`` are fetched, including every redirect target;
-  redirects are followed by hand up to ``max_redirects``;
-- a redirect whose host is (or resolves to) a link-local or cloud-metadata
-  address (169.254.0.0/16, fe80::/10, AWS's fd00:ec2::254, Alibaba's
-  100.100.100.200) is refused: a catalog may be untrusted, and a redirect to
-  169.254.169.254 is the classic way to make a fetcher read cloud credentials.
-  Loopback and private addresses stay allowed (local mirrors, the tests);
+- the URL policy of :mod:`vlmtune.data.urls` (http/https only, no link-local or
+  cloud-metadata host) is applied to the catalog's URL and to every redirect
+  target alike, before any request to it (:meth:`Fetcher.refusal`); through a
+  proxy the host name is not resolved here (the proxy connects, not us);
+- redirects are followed by hand up to ``max_redirects``;
 - connect and read timeouts; timeouts, connection errors (resets, refused
   connections, truncated bodies), 408, 429 and every 5xx (CDN codes such as
   520-524 included) are retried up to ``retries`` times with
@@ -33,22 +31,26 @@ the "exponential backoff and jitter" scheme):
 Every failure reason starts with a short kind followed by a colon (``http 404:``,
 ``timeout:``, ``connection error:``, ``too large:``, ``truncated body:``,
 ``too many redirects:``, ``bad redirect:``, ``unsupported scheme:``,
-``bad url:``, ``interrupted:``) so that reports can group them.
+``bad url:``, ``forbidden address:``, ``interrupted:``) so that reports can group them.
+
+Time is injected: the back-off waits go through ``sleep`` and the body deadline
+reads ``clock``, so tests check the computed waits without waiting.
 """
 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import random
-import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+
+from vlmtune.data.urls import ALLOWED_SCHEMES, UrlGuard, check_url
 
 __all__ = [
     "ALLOWED_SCHEMES",
@@ -59,15 +61,10 @@ __all__ = [
     "parse_retry_after",
 ]
 
-ALLOWED_SCHEMES = ("http", "https")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _RETRY_4XX = {408, 429}  # request timeout, too many requests: worth another try
 _CHUNK = 64 * 1024
 _BODY_TIMEOUTS = 10  # a whole body may take at most this many read timeouts
-_FORBIDDEN_NETWORKS = tuple(
-    ipaddress.ip_network(n)
-    for n in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32")
-)  # link-local (where AWS, GCP, Azure and OpenStack serve metadata) and two metadata hosts
 
 
 @dataclass
@@ -150,22 +147,6 @@ class _Final(Exception):
         self.status = status
 
 
-def check_url(url: str) -> str | None:
-    """Return why ``url`` may not be fetched (``"unsupported scheme: ..."``), or None if it may."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a malformed port
-    except ValueError as err:
-        return f"bad url: {err}"
-    scheme = parts.scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        shown = scheme or "(none)"
-        return f"unsupported scheme: {shown!r} (only http and https URLs are fetched)"
-    if not parts.hostname:
-        return "bad url: no host name"
-    return None
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/bad."""
     if not value:
@@ -187,6 +168,9 @@ class Fetcher:
 
     ``stop`` (an Event) makes waits and streams end early with an
     ``interrupted:`` failure, so that a Ctrl-C does not wait for backoffs.
+    ``rng`` draws the backoff jitter; ``sleep(seconds)`` replaces the backoff
+    wait (default: a wait on ``stop``) and ``clock()`` the monotonic clock of
+    the body deadline, so that tests can check the computed waits without waiting.
     Use as a context manager, or call :meth:`close` to close the sessions.
     """
 
@@ -195,10 +179,15 @@ class Fetcher:
         policy: DownloadPolicy,
         stop: threading.Event | None = None,
         rng: random.Random | None = None,
+        sleep: Callable[[float], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.stop = stop or threading.Event()
         self._rng = rng or random.Random()
+        self._sleep_for = sleep
+        self._clock = clock
+        self._guard = UrlGuard()
         self._local = threading.local()
         self._managers: list[urllib3.PoolManager] = []
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
@@ -222,7 +211,7 @@ class Fetcher:
     def fetch(self, url: str) -> FetchResult:
         """Fetch ``url`` following the policy; never raises for network or HTTP failures."""
         result = FetchResult(url=url, final_url=url)
-        refused = check_url(url)
+        refused = self.refusal(url)
         if refused:
             result.reason = refused
             return result
@@ -245,6 +234,11 @@ class Fetcher:
             result.reason = f"{result.reason} (after {self.policy.retries + 1} attempts)"
         return result
 
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be requested, or None: the policy of :mod:`vlmtune.data.urls`,
+        for a first URL and a redirect target alike (a host reached through a proxy is not resolved)."""
+        return self._guard.refusal(url, resolve=self._proxy_for(url) is None)
+
     # ------------------------------------------------------------------ one attempt
 
     def _attempt(self, url: str, result: FetchResult) -> None:
@@ -258,7 +252,7 @@ class Fetcher:
             if location is None:
                 return
             target = urljoin(current, location)
-            refused = check_url(target) or _forbidden_host(target)
+            refused = self.refusal(target)
             if refused:
                 raise _Final(f"bad redirect: {current} redirects to {target!r}; {refused}")
             current = target
@@ -306,7 +300,7 @@ class Fetcher:
                 f"too large: Content-Length {int(declared)} bytes exceeds the limit of {limit}"
             )
         chunks, size = [], 0
-        deadline = time.monotonic() + _BODY_TIMEOUTS * self.policy.timeout
+        deadline = self._clock() + _BODY_TIMEOUTS * self.policy.timeout
         try:
             # read1 returns what has arrived (up to _CHUNK) instead of waiting for a full
             # chunk, so the size limit, the stop event and the deadline are checked often.
@@ -318,8 +312,8 @@ class Fetcher:
                 if self.stop.is_set():
                     raise _Final("interrupted: stopped while reading the body")
                 if (
-                    time.monotonic() > deadline
-                ):  # a server dribbling bytes never hits the read timeout
+                    self._clock() > deadline
+                ):  # a server dribbling bytes never trips the read timeout
                     raise _Retryable(
                         f"timeout: body still arriving after {_BODY_TIMEOUTS * self.policy.timeout:g} s"
                     )
@@ -382,6 +376,9 @@ class Fetcher:
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep ``seconds`` unless stopped; return True if stopped."""
+        if self._sleep_for is not None:
+            self._sleep_for(seconds)
+            return self.stop.is_set()
         return self.stop.wait(seconds) if seconds > 0 else self.stop.is_set()
 
 
@@ -398,31 +395,6 @@ def _raise_for_status(response: urllib3.BaseHTTPResponse, max_retry_after: float
     if status in _REDIRECTS:
         raise _Final(f"bad redirect: http {status} without a Location header", status)
     raise _Final(label, status)
-
-
-def _forbidden_host(url: str) -> str | None:
-    """Why a redirect to ``url`` is refused (its host is a link-local/metadata address), or None.
-
-    The host is resolved so that a name or an odd spelling (``2852039166``,
-    ``0xa9.254.169.254``) of such an address is caught too; a host that does
-    not resolve is left to the request, which then fails as a connection error.
-    """
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return None
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if any(address in network for network in _FORBIDDEN_NETWORKS):
-            return (
-                f"forbidden address: {parts.hostname!r} is the link-local or cloud-metadata "
-                f"address {address} (refused: a catalog may be untrusted)"
-            )
-    return None
 
 
 def _root_cause(err: BaseException) -> str:

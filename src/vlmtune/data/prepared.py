@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmtune.data.catalog import CatalogColumns
+from vlmtune.utils.errors import UserError
 
 __all__ = ["DATASET_INFO", "PreparedDataset", "PreparedDatasetError", "load_prepared"]
 
@@ -24,8 +25,8 @@ DATASET_INFO = "vlmtune_dataset.json"
 REQUIRED = ("local_image_path", "image_width", "image_height", "image_sha256", "split")
 
 
-class PreparedDatasetError(ValueError):
-    """The folder is not a complete prepared dataset."""
+class PreparedDatasetError(UserError, ValueError):
+    """The folder is not a complete prepared dataset, or lacks the split asked for."""
 
 
 @dataclass

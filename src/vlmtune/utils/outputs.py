@@ -209,9 +209,12 @@ def replace_dir(
     The old folder (if any) is replaced in one atomic exchange where the platform
     has one (Linux ``renameat2``), else by two renames a moment apart; either way an
     exception or a kill before the swap leaves the old folder untouched, and the
-    staging folder is removed (or, after a kill, on the next claim).
+    staging folder is removed (or, after a kill, on the next claim). A folder that
+    is or holds the working directory is refused (:class:`OutputError`): swapping
+    it out would leave the user's shell in a deleted folder.
     """
     target = _absolute(path)
+    _refuse_replacing_cwd(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}{_STAGING}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -271,6 +274,16 @@ def _describe_identity(identity: Any) -> str:
     if not identity:
         return "unrecorded inputs"
     return ", ".join(f"{k}={v}" for k, v in dict(identity).items())
+
+
+def _refuse_replacing_cwd(target: Path) -> None:
+    cwd = Path.cwd().resolve()
+    resolved = target.resolve()
+    if target.exists() and (cwd == resolved or resolved in cwd.parents):
+        raise OutputError(
+            f"{str(target)!r} is the folder you are working in (or holds it), so it cannot be "
+            "replaced: run from another folder, or choose another output folder"
+        )
 
 
 def _remove_stale_staging(target: Path) -> None:

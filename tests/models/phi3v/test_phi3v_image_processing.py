@@ -111,8 +111,10 @@ def test_errors_are_clear():
         Phi3VImageProcessor(crop_size=42, patch_size=14)
     with pytest.raises(ValueError, match="num_crops"):
         Phi3VImageProcessor(num_crops=0)
-    with pytest.raises(ValueError, match="too elongated"):
+    with pytest.raises(ValueError, match=r"image of 2000x1 \(width x height\) is too elongated"):
         Phi3VImageProcessor(num_crops=1)(Image.new("RGB", (2000, 1)))
+    with pytest.raises(ValueError, match=r"image of 1x2000 \(width x height\).*resize it to 0x336"):
+        Phi3VImageProcessor(num_crops=1)(Image.new("RGB", (1, 2000)))
     with pytest.raises(TypeError, match="PIL"):
         Phi3VImageProcessor()([torch.zeros(3, 4, 4)])
 

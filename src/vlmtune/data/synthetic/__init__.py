@@ -15,12 +15,13 @@ from vlmtune.data.synthetic.generate import (
 )
 from vlmtune.data.synthetic.preview import write_contact_sheet
 from vlmtune.data.synthetic.render import RenderParams, render_jpeg, render_product
-from vlmtune.data.synthetic.serve import ImageServer, serve_directory
+from vlmtune.data.synthetic.serve import ImageServer, ServeError, serve_directory
 
 __all__ = [
     "DBQ_COLUMNS",
     "ImageServer",
     "RenderParams",
+    "ServeError",
     "SynthArgs",
     "SyntheticProduct",
     "generate_catalog",

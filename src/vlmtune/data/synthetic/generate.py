@@ -6,6 +6,12 @@ same seed and arguments give byte-identical ``catalog.csv`` and images (on the
 same numpy / Pillow / libjpeg versions). Rows picked for ``broken_frac`` get image
 references that fail the way real exports do: ``N.A.`` or a reference to a file
 that does not exist; their images are not written.
+
+The output folder follows :mod:`vlmtune.utils.outputs`: it is claimed before
+anything is drawn (missing, empty, or an earlier ``synth`` output, marked or
+from before markers; a folder holding anything else needs ``--overwrite``). A missing or empty folder is marked
+and filled in place; an existing one is rebuilt beside it and swapped in
+whole, so an interrupted run leaves the earlier catalog intact.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from vlmtune.data.synthetic.vocab import (
     price_point,
     title_for,
 )
+from vlmtune.utils.config import flag
 from vlmtune.utils.io import atomic_write_json, atomic_write_text
 from vlmtune.utils.logging import get_logger
+from vlmtune.utils.outputs import claim_output_dir, replace_dir, write_marker
 
 __all__ = ["DBQ_COLUMNS", "SynthArgs", "SyntheticProduct", "generate_catalog", "sample_product"]
 
@@ -58,6 +66,8 @@ COMPETENCE_DATE = "2024-03-15"
 DISCOUNT_RATE = 0.15
 """Share of products on sale (price below full price)."""
 MAX_PRODUCTS = 999_999
+VERB = "synth"
+_OUTPUT_NAMES = {"catalog.csv", "images", "synth_report.json"}
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 _log = get_logger(__name__)
 
@@ -66,26 +76,30 @@ _log = get_logger(__name__)
 class SynthArgs:
     """What ``vlmtune synth`` generates."""
 
-    out: Path
+    out: Path = flag("--out")
     """Output folder: receives catalog.csv, images/ and synth_report.json."""
-    n: int = 2000
+    n: int = flag("--n", default=2000)
     """Number of products (rows)."""
-    seed: int = 0
+    seed: int = flag("--seed", default=0)
     """Seed; the same seed and arguments give the same bytes."""
-    image_size: str = "448x560"
+    image_size: str = flag("--image-size", default="448x560")
     """Image size as WIDTHxHEIGHT (portrait by default, like product photography)."""
-    price_noise: float = 0.0
+    price_noise: float = flag("--price-noise", default=0.0)
     """Sigma of the multiplicative log-normal price noise (0 = price fully determined by the photo)."""
-    broken_frac: float = 0.02
+    broken_frac: float = flag("--broken-frac", default=0.02)
     """Fraction of rows whose image reference fails (half ``N.A.``, half a missing file)."""
-    base_url: str | None = None
+    base_url: str | None = flag("--base-url", default=None)
     """If set, imageurl = base_url + relative path (e.g. http://127.0.0.1:8000/)."""
-    preview: Path | None = None
+    preview: Path | None = flag("--preview", default=None)
     """If set, also write a contact sheet PNG here."""
-    workers: int = 0
+    workers: int = flag("--workers", default=0)
     """Processes drawing images (0 = all cores)."""
+    overwrite: bool = flag("--overwrite", default=False)
+    """Replace what ``--out`` holds even when it is not an earlier synth output."""
 
     def __post_init__(self) -> None:
+        if not str(self.out).strip():
+            raise ValueError("out is required: the output folder (--out)")
         self.out = Path(self.out)
         if self.preview is not None:
             self.preview = Path(self.preview)
@@ -168,10 +182,37 @@ def sample_product(seed: int, index: int, price_noise: float = 0.0) -> Synthetic
 
 
 def generate_catalog(args: SynthArgs) -> Path:
-    """Write ``args.out``/catalog.csv, images/ and synth_report.json; return the CSV path."""
+    """Write ``args.out``/catalog.csv, images/ and synth_report.json; return the CSV path.
+
+    Raises :class:`~vlmtune.utils.outputs.OutputError` before any work when
+    ``args.out`` may not be written (see the module docstring).
+    """
+    claim = claim_output_dir(args.out, VERB, overwrite=args.overwrite, legacy=_is_legacy_output)
+    preview = Path(args.preview).resolve() if args.preview is not None else None
+    if claim.existed:
+        with replace_dir(claim.path, VERB) as staging:
+            _generate(args, staging)
+    else:
+        write_marker(claim.path, VERB)
+        _generate(args, claim.path)
+    if preview is not None:
+        from vlmtune.data.synthetic.preview import write_contact_sheet
+
+        write_contact_sheet(claim.path, preview)
+    return claim.path / "catalog.csv"
+
+
+def _is_legacy_output(folder: Path) -> bool:
+    """A synth output written before markers existed: only synth's files, its report among them."""
+    names = {entry.name for entry in folder.iterdir()}
+    return "synth_report.json" in names and names <= _OUTPUT_NAMES
+
+
+def _generate(args: SynthArgs, out: Path) -> None:
+    """Draw every image into ``out``/images, then write catalog.csv and synth_report.json."""
     start = time.perf_counter()
     size = args.size
-    images = args.out / "images"
+    images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     products = [sample_product(args.seed, i, args.price_noise) for i in range(args.n)]
     broken = _broken_rows(args.seed, args.n, args.broken_frac)
@@ -182,17 +223,12 @@ def generate_catalog(args: SynthArgs) -> Path:
     ]
     workers = _draw_all(jobs, args.workers)
     rows = [_row(p, broken.get(p.index), args.base_url) for p in products]
-    csv_path = _write_csv(args.out / "catalog.csv", rows)
+    _write_csv(out / "catalog.csv", rows)
     seconds = time.perf_counter() - start
     report = _report(args, products, broken, len(jobs), seconds, workers)
-    atomic_write_json(args.out / "synth_report.json", report)
+    atomic_write_json(out / "synth_report.json", report)
     _log.info("synth: %d products, %d images in %.1fs (%.0f images/s) -> %s",
-              args.n, len(jobs), seconds, report["images_per_s"], csv_path)  # fmt: skip
-    if args.preview is not None:
-        from vlmtune.data.synthetic.preview import write_contact_sheet
-
-        write_contact_sheet(args.out, args.preview)
-    return csv_path
+              args.n, len(jobs), seconds, report["images_per_s"], args.out)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers

@@ -3,10 +3,13 @@
 A quiet :class:`http.server.ThreadingHTTPServer` in a background thread. Only
 files below the folder are reachable (the standard handler resolves ``..`` and
 drops it); directory listings are refused, so a missing file is always a 404.
+A folder that is missing or a port that is taken is a :class:`ServeError` (a
+:class:`~vlmtune.utils.errors.UserError`) naming the fix.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import threading
 from collections.abc import Iterator
@@ -15,7 +18,13 @@ from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-__all__ = ["ImageServer", "serve_directory"]
+from vlmtune.utils.errors import UserError
+
+__all__ = ["ImageServer", "ServeError", "serve_directory"]
+
+
+class ServeError(UserError):
+    """The folder cannot be served (missing, or the port is taken); the message says what to do."""
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -52,9 +61,19 @@ def serve_directory(
     """Serve ``folder`` at ``http://127.0.0.1:PORT/`` until the ``with`` block ends (port 0 = a free one)."""
     root = Path(folder).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"cannot serve {str(folder)!r}: not a folder")
+        raise ServeError(
+            f"cannot serve {str(folder)!r}: it is not a folder; give an existing folder"
+        )
     handler = functools.partial(_QuietHandler, directory=str(root))
-    server = _Server((host, port), handler)
+    try:
+        server = _Server((host, port), handler)
+    except OSError as err:
+        if err.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
+        why = "is already in use" if err.errno == errno.EADDRINUSE else "may not be used by you"
+        raise ServeError(
+            f"port {port} on {host} {why}; choose another --port, or --port 0 for a free one"
+        ) from err
     thread = threading.Thread(target=server.serve_forever, name="vlmtune-serve", daemon=True)
     thread.start()
     try:

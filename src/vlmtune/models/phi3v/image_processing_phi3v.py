@@ -75,6 +75,7 @@ def hd_geometry(width: int, height: int, num_crops: int, crop_size: int = 336) -
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if num_crops < 1:
         raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+    given = f"{width}x{height}"  # width x height as the caller gave them, for messages
     transposed = width < height
     if transposed:
         width, height = height, width
@@ -86,9 +87,10 @@ def hd_geometry(width: int, height: int, num_crops: int, crop_size: int = 336) -
     new_w = int(scale * crop_size)
     new_h = int(new_w / ratio)
     if new_h < 1:
+        resized = f"{new_h}x{new_w}" if transposed else f"{new_w}x{new_h}"
         raise ValueError(
-            f"image of {width}x{height} is too elongated: the HD transform would resize it to "
-            f"{new_w}x{new_h} at num_crops={num_crops}"
+            f"image of {given} (width x height) is too elongated: the HD transform would resize "
+            f"it to {resized} at num_crops={num_crops}"
         )
     padded_h = int(np.ceil(new_h / crop_size) * crop_size)
     if transposed:
