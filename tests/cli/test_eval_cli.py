@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
+from vlmtune.cli._command import split_items as split_inputs
 from vlmtune.cli.main import main
-from vlmtune.cli.predict import split_inputs
 
 _FIXTURES = Path(__file__).resolve().parents[1] / "evaluation" / "eval_fixtures.py"
 

@@ -72,7 +72,7 @@ def test_bad_config_fails_fast_naming_the_key(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "configuration error" in err and message in err
+    assert err.startswith(f"vlmtune {argv[0]}: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "catalog").exists() and not (tmp_path / "r").exists()
 
 
@@ -97,7 +97,7 @@ def captured_prepare(monkeypatch):
         seen.append(args)
         raise PrepareError("stopped by the test")
 
-    monkeypatch.setattr("vlmtune.cli.prepare.prepare_dataset", fake_prepare)
+    monkeypatch.setattr("vlmtune.data.prepare.prepare_dataset", fake_prepare)
     return seen
 
 

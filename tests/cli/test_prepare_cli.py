@@ -245,21 +245,9 @@ def _args(catalog: Path, out: Path) -> list[str]:
             "--concurrency", "2", "--per-host", "2", "--timeout", "60"]  # fmt: skip
 
 
-# `python -m vlmtune.cli.main` imports every verb (transformers included: ~10 s of CPU), so the
-# subprocess runs the prepare command alone, the way main() runs it: without click's standalone
-# mode, Ctrl-C (typer.Abort) ending with exit code 130.
-_PREPARE_ONLY = "\n".join(
-    [
-        "import sys, typer",
-        "from vlmtune.cli.prepare import command",
-        "app = typer.Typer(add_completion=False)",
-        "app.command()(command)",
-        "try:",
-        "    sys.exit(app(standalone_mode=False) or 0)",
-        "except typer.Abort:",
-        "    sys.exit(130)",
-    ]
-)
+# The real entry point: `vlmtune prepare` imports only the prepare verb (verbs load lazily), and
+# Ctrl-C ends it with exit code 130 and the resume advice.
+_PREPARE_ONLY = "import sys\nfrom vlmtune.cli.main import main\nsys.exit(main())"
 
 
 def _start_and_stop(
@@ -272,7 +260,7 @@ def _start_and_stop(
     its in-flight requests at once instead of waiting for their read timeout.
     """
     gate.state = "hold"
-    cmd = [sys.executable, "-c", _PREPARE_ONLY, *_args(catalog, out)[1:]]
+    cmd = [sys.executable, "-c", _PREPARE_ONLY, *_args(catalog, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         server.wait_until(lambda paths, inflight: len(paths) >= N_FIRST + 2 and inflight == 2)

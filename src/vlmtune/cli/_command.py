@@ -190,7 +190,7 @@ def _default_of(field: dataclasses.Field) -> Any:
 
 
 def _help(spec: FlagSpec) -> str:
-    text = " ".join(spec.help.split())
+    text = " ".join(spec.help.split()).replace("``", "`")  # reST literals read as `x` in a terminal
     default = spec.default
     shown = ""
     unset = default is dataclasses.MISSING or default is None or default in ([], ())
@@ -219,7 +219,7 @@ def _assign_positionals(specs: list[FlagSpec], words: list[str]) -> dict[str, An
 
 def _overrides_epilog() -> str:
     return (
-        "\n\nAny configuration key can also be set as KEY=VALUE after the options "
-        "(dotted for nested sections, e.g. generation.batch_size=4); --config FILE.yaml sets "
-        "many at once. Later sources win: defaults < --config < flags < KEY=VALUE."
+        "\n\nAny configuration key (shown in brackets after each option) can also be set as "
+        "KEY=VALUE after the options, dotted for nested sections; --config FILE.yaml sets many "
+        "at once. Later sources win: defaults < --config < flags < KEY=VALUE."
     )

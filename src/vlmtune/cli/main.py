@@ -157,7 +157,7 @@ def _help_of(doc: str | None) -> str:
     text = (doc or "").strip()
     if text.startswith("``vlmtune"):
         text = text.split(":", 1)[1].strip()
-    return text
+    return (text[:1].upper() + text[1:]).replace("``", "`")
 
 
 if __name__ == "__main__":

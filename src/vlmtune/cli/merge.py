@@ -19,8 +19,15 @@ CONFIG = MergeArgs
 
 
 def run(args: MergeArgs) -> None:
-    from vlmtune.training.merge import merge_adapter
+    from vlmtune.training.merge import merge
 
-    result = merge_adapter(args)
-    click.echo(str(result.out))
+    result = merge(args)
+    click.echo(str(result.path))
+    if result.missing_for_vllm:
+        click.echo(
+            "vLLM needs the model's own remote-code files, which its base folder did not have: "
+            f"{', '.join(result.missing_for_vllm)}; copy them from the hub checkpoint into "
+            f"{result.path} to serve it with vLLM",
+            err=True,
+        )
     click.echo(f"serve it with vLLM: {result.vllm_command}", err=True)

@@ -17,7 +17,7 @@ run. Only a split with no usable image at all is an error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from vlmtune.data.prepared import PreparedDataset
 from vlmtune.data.prompts import ParsedListing, PromptTemplate, record_from_row
 from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics, score_row
 from vlmtune.inference.args import GenerationArgs
-from vlmtune.inference.generate import check_image, generate_listings
+from vlmtune.inference.generate import GenerationEval, check_image, generate_listings
 from vlmtune.utils.errors import UserError
 from vlmtune.utils.logging import get_logger
 
@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-
-GenerationEval = Callable[[Any, Any], tuple[dict[str, float], list[dict[str, Any]]]]
 
 
 class EvalError(UserError):

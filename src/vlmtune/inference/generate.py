@@ -11,7 +11,7 @@ tokens are decoded, cut at the first stop token, without special tokens.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -19,7 +19,7 @@ from PIL import Image
 from vlmtune.data.prompts import END_TOKEN, PromptTemplate
 from vlmtune.inference.args import GenerationArgs
 
-__all__ = ["check_image", "generate_listings", "stop_token_ids"]
+__all__ = ["GenerationEval", "check_image", "generate_listings", "stop_token_ids"]
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
@@ -120,3 +120,16 @@ def _rgb(image: Image.Image) -> Image.Image:
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class GenerationEval(Protocol):
+    """Scores generated listings during training: ``(model, processor) -> (metrics, rows)``.
+
+    Built by the evaluation layer (:func:`vlmtune.evaluation.evaluate.make_generation_eval`) and
+    injected into training by the CLI, so that training and evaluation never import each other."""
+
+    def __call__(
+        self, model: Any, processor: Any, /
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """(model, processor) -> (metrics by name, one row per evaluated sample)."""
+        ...

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from vlmtune.models.folder import ModelFolderError, check_model_folder
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.utils.devices import default_dtype, resolve_device
-from vlmtune.utils.errors import UserError
 
 __all__ = [
     "ModelFolderError",
@@ -33,10 +33,6 @@ __all__ = [
     "load_model_and_processor",
     "resolve_model_dir",
 ]
-
-
-class ModelFolderError(UserError, FileNotFoundError):
-    """A model folder cannot be used (missing, not a model, adapter without its base)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +81,14 @@ def check_model(path: str | Path, option: str = "--model") -> ModelLocation:
         location = resolve_model_dir(path)
     except ModelFolderError as err:
         raise ModelFolderError(f"{option} {err}") from None
-    # The one place a model folder is checked before loading: the weights of
-    # location.model_dir (and location.base_dir for an adapter) present and readable
-    # are checked here, by vlmtune.models.folder.check_model_folder once it exists.
+    # The one place a model folder is checked before loading: config and complete weights of
+    # the folder (and of an adapter's base), without reading a tensor.
+    for folder in (location.model_dir, location.base_dir):
+        if folder is not None:
+            try:
+                check_model_folder(folder)
+            except ModelFolderError as err:
+                raise type(err)(f"{option} {err}") from None
     return location
 
 

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vlmtune.models.folder import check_model_folder
-from vlmtune.inference.loading import load_model_and_processor, resolve_model_dir
+from vlmtune.inference.loading import check_model, load_model_and_processor
 from vlmtune.models.phi3v import missing_remote_code, save_model_folder, vllm_serve_command
 from vlmtune.utils.config import ConfigError, flag
 from vlmtune.utils.devices import DTYPE_NAMES, dtype_name, torch_dtype
@@ -95,13 +94,8 @@ def merge(args: MergeArgs) -> MergeResult:
     run holds no adapter, a model folder is incomplete, or ``out`` may not be written.
     """
     adapter_dir = adapter_dir_of(args.run)
-    try:
-        location = resolve_model_dir(adapter_dir)
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from None
+    location = check_model(adapter_dir, option="RUN")  # the adapter and its base, whole
     base_dir = location.base_dir
-    check_model_folder(adapter_dir)
-    check_model_folder(base_dir)
     identity = {"adapter": str(adapter_dir.resolve()), "base": str(Path(base_dir).resolve())}
     inputs = {
         "the run being merged": args.run,

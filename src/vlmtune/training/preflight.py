@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import IGNORE_INDEX
 from vlmtune.data.prepared import PreparedDatasetError, load_prepared
+from vlmtune.models import folder as models_folder
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import Datasets, parameter_counts
 from vlmtune.training.tracking import check_tracker_available
@@ -90,14 +89,12 @@ def check_inputs(config: TrainConfig) -> None:
 
 
 def check_model_folder(path: Path, key: str = "model.path (--model)") -> None:
-    """Raise :class:`ConfigError` unless ``path`` is a Phi-3-V checkpoint folder with readable weights.
-
-    Every safetensors file's header is parsed, which also tells a file cut short
-    (its header promises more bytes than it has); no tensor is read.
-    """
+    """Raise a :class:`~vlmtune.utils.errors.UserError` unless ``path`` is a full checkpoint folder
+    with complete safetensors weights (:func:`vlmtune.models.folder.check_model_folder`; no
+    tensor is read). A LoRA adapter is refused here: training starts from a whole checkpoint."""
     where = f"{key}: {str(path)!r}"
     if not path.exists():
-        raise ConfigError(f"{where} does not exist; give the folder of a Phi-3-V checkpoint")
+        raise ConfigError(f"{where} does not exist; give the folder of a model checkpoint")
     if not path.is_dir():
         raise ConfigError(f"{where} is a file; give the checkpoint folder (config.json, weights)")
     if (path / "adapter_config.json").is_file():
@@ -105,47 +102,10 @@ def check_model_folder(path: Path, key: str = "model.path (--model)") -> None:
             f"{where} is a LoRA adapter, not a full checkpoint: merge it first "
             f"(vlmtune merge {path} --out MERGED) and train from the merged folder"
         )
-    if not (path / "config.json").is_file():
-        inside = (
-            " (a training run: its final model is in model/)" if (path / "model").is_dir() else ""
-        )
-        raise ConfigError(f"{where} has no config.json, so it is not a Phi-3-V checkpoint{inside}")
-    for weights in _weight_files(path, where):
-        try:
-            with safe_open(str(weights), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as err:
-            raise ConfigError(
-                f"{where}: {weights.name} cannot be read ({err}); it is damaged or was cut short: "
-                "copy the checkpoint again"
-            ) from err
-
-
-def _weight_files(path: Path, where: str) -> list[Path]:
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(
-                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ConfigError(f"{where}: {index.name} is not a valid shard index ({err})") from err
-        files = [path / shard for shard in shards]
-        missing = [f.name for f in files if not f.is_file() or f.resolve().parent != path.resolve()]
-        if missing:
-            raise ConfigError(
-                f"{where}: the shard(s) {', '.join(missing)} listed in {index.name} are missing "
-                "(or outside the folder); copy the checkpoint again"
-            )
-        return files
-    pickled = any(path.glob("*.bin")) or any(path.glob("*.pt"))
-    raise ConfigError(
-        f"{where} has no model.safetensors (or model.safetensors.index.json)"
-        + ("; it holds pickle weights only, which vlmtune does not read" if pickled else "")
-        + ": give the checkpoint folder that holds the safetensors weights"
-    )
+    try:
+        models_folder.check_model_folder(path)
+    except models_folder.ModelFolderError as err:
+        raise type(err)(f"{key}: {err}") from None
 
 
 def check_dataset(path: Path, splits: dict[str, str], key: str = "data.path (--data)") -> None:

@@ -26,7 +26,7 @@ changes its parameters or stops calling it, so our code is never skipped silentl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -34,6 +34,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from vlmtune.data.collator import META_KEYS
 from vlmtune.data.dataset import BadImagesError, SkippedSample, bad_images_message
+from vlmtune.inference.generate import GenerationEval
 from vlmtune.models.phi3v import load_official_state_dict, official_to_native
 from vlmtune.training.tracking import log_eval_table
 from vlmtune.training.trainer_state import (
@@ -63,17 +64,6 @@ __all__ = [
 log = get_logger(__name__)
 
 TRAINING_ARGS_FILE = "training_args.bin"
-
-
-class GenerationEval(Protocol):
-    """Scores generated listings at an evaluation; injected by the caller (the CLI builds it
-    from the evaluation layer, which training does not import)."""
-
-    def __call__(
-        self, model: Any, processor: Any, /
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """(model, processor) -> (metrics by name, one row per evaluated sample)."""
-        ...
 
 
 class NonFiniteLossError(RunFailure):

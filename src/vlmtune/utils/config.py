@@ -116,6 +116,14 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") ->
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(_unknown_key_message(prefix, unknown[0], list(fields)))
+    missing = [
+        f for f in fields.values()
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]  # fmt: skip
+    if missing:
+        raise ConfigError(f"missing required setting {_describe_field(missing[0], prefix)}")
     hints = get_type_hints(cls)
     kwargs = {
         name: _coerce(hints[name], value, _join(prefix, name)) for name, value in data.items()
@@ -352,6 +360,17 @@ def _unknown_key_message(prefix: str, key: str, allowed: list[str]) -> str:
     hint = f" (did you mean {_join(prefix, close[0])!r}?)" if close else ""
     where = f"in {prefix!r}" if prefix else "at the top level"
     return f"unknown key {full!r}{hint}; allowed keys {where}: {', '.join(sorted(allowed))}"
+
+
+def _describe_field(field: dataclasses.Field, prefix: str) -> str:
+    """``out (--out)``: the key and, for a command-line field, its flag or argument."""
+    key = _join(prefix, field.name)
+    meta = field.metadata.get(FLAG)
+    if meta is None:
+        return key
+    if meta["argument"]:
+        return f"{key} (the {field.name.upper()} argument)"
+    return f"{key} ({meta['names'][0]})"
 
 
 def _join(prefix: str, name: str) -> str:
