@@ -31,15 +31,21 @@ width, I intermediate, n heads, r LoRA rank; C, Iv, n_v the CLIP sizes. Byte wid
 Full fine-tuning in float32 gives 52H + 16I; in bf16 with float32 masters 34H + 8I (170 kB a
 token at Phi-3's sizes); LoRA in bf16 about the same. With **gradient checkpointing** a block
 keeps only its input (sH) and one block is recomputed at a time in the backward pass.
-**Eager attention** adds, per layer, the float32 softmax (4 n T^2 a sample) and its cast (a n T^2
-when a != 4); SDPA and flash attention never build the T x T matrix. A padded batch builds one
-causal mask [B, 1, T, T] shared by the layers: bool for SDPA, s bytes for eager, none for flash.
+**Eager attention** keeps, per layer, the float32 softmax (4 n T^2 a sample) and its cast (a n T^2
+when a != 4) instead of SDPA's output and log-sum-exp, and ``probs @ v`` keeps a copy of ``v``
+(aHkv) rather than the ``qkv`` view when the batch has several samples; SDPA and flash attention
+never build the T x T matrix. A padded batch builds one causal mask [B, 1, T, T] shared by the
+layers: bool for SDPA, s bytes for eager, none for flash.
 
 **CLIP layer** (non-checkpointed): LayerNorms run in float32 under autocast and keep their input
-(2 x 4C); SDPA keeps q, k, v and its output (4aC) and the log-sum-exp (4n_v); quick-GELU
+(2 x 4C); SDPA keeps q, k, v and its output (4aC) and the log-sum-exp (4n_v), and its output is
+already laid out [B, T, C], so ``out_proj`` keeps it without a copy; quick-GELU
 ``x * sigmoid(1.702 x)`` keeps ``x`` and the sigmoid (2aIv); Linear inputs as above, where q, k and
 v each cast the float32 LayerNorm output separately (3aC, or one shared 4C in float32). A frozen
-tower that no adapter touches keeps nothing (no input needs a gradient).
+tower that no adapter touches keeps nothing (no input needs a gradient), except under gradient
+checkpointing: torch's non-reentrant checkpoint holds every checkpointed call's inputs on a graph
+node of its own, so the tower's embeddings and each layer's input stay alive (measured), and with
+them the token embeddings and a frozen projector's output.
 
 **Logits**: transformers computes logits for every position, upcasts them to float32 and takes
 ``cross_entropy`` (log-softmax + NLL). Per token of the padded batch: forward peak ``aV`` (the
@@ -208,6 +214,8 @@ class StepActivations:
     decoder_bottom: float = 0.0
     inputs_vision: float = 0.0
     inputs_decoder: float = 0.0
+    lingering: float = 0.0
+    """Decoder-side tensors checkpointing keeps alive to the step's end (see the module docs)."""
     logits: dict[str, float] = field(default_factory=dict)
 
 
@@ -294,6 +302,7 @@ def _decoder(shape: ModelShape, setup: StepSetup, p: Precision, out: StepActivat
         # token embeddings, and a frozen projector's output, stay alive through the step too
         frozen_projector = 0 if setup.trains_projector else b * setup.image_tokens
         lingering = p.s * h * (tokens + frozen_projector)
+    out.lingering = lingering
     transient = decoder_block_transient(shape, p) * tokens
     if eager:  # at the softmax's backward: the gradient arriving and the one it returns, in
         # float32, while the block's MLP has already freed what it kept

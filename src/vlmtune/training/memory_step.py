@@ -252,6 +252,7 @@ def step_phases(shape: ModelShape, setup: StepSetup) -> list[Phase]:
         return 0.0 if setup.checkpointing else sum(cast.get(k, 0.0) for k in parts)
 
     vision = act.inputs_vision + act.projector
+    frozen_kept = 0.0 if setup.trains_vision else act.vision_kept  # held to the step's end
     decoder = act.inputs_decoder
     kept_vision, kept_decoder = act.vision_kept + vision, act.decoder_kept + decoder
     below_decoder = grads.get("decoder", 0.0) - block
@@ -304,7 +305,8 @@ def step_phases(shape: ModelShape, setup: StepSetup) -> list[Phase]:
     phases.append(
         Phase("optimizer step", {
             "weights": weights, "gradients": grad(*grads) + step_extra,
-            "activations_vision": act.inputs_vision, "activations_decoder": decoder,
+            "activations_vision": act.inputs_vision + frozen_kept,
+            "activations_decoder": decoder,
         })
     )  # fmt: skip
     optimizer = optimizer_bytes(setup, psi)
