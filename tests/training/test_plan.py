@@ -4,6 +4,7 @@ published peaks."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from vlmtune.models.phi3v import Phi3VConfig, Phi3VForCausalLM, Phi3VImageProcessor
 from vlmtune.training.args import LoraArgs, TrainArgs
-from vlmtune.training.build import apply_training_mode
+from vlmtune.training.build import apply_training_mode, quantize_language_model_4bit
 from vlmtune.training.memory_probe import peak_memory, tensor_bytes
 from vlmtune.training.memory_shape import ModelShape, image_grid, image_tokens
 from vlmtune.training.plan import GIB, PRESETS, PlanArgs, PlanError, plan, render_plan
@@ -119,25 +120,30 @@ def _measure(config, mode, batch: dict, checkpointing, bf16, tmp_path) -> tuple[
 
     The step is the Trainer's: forward (under bf16 autocast when asked), backward, gradient
     clipping, the Trainer's own optimizer (fused AdamW), zero_grad; the first step creates the
-    optimizer states, the second is measured. Peak = what was live before it (weights, states,
-    the batch) + the peak the CPU allocator reports during it.
+    optimizer states, the second is measured. On CPU, peak = what was live before it (weights,
+    states, the batch) + the peak the CPU allocator reports during it; on CUDA (QLoRA), the
+    allocator's own maximum.
     """
+    device = torch.device("cuda" if mode == "qlora" else "cpu")
     torch.manual_seed(0)
     model = Phi3VForCausalLM(config)
     model.config.use_cache = False
-    if bf16 and mode == "lora":  # LoRA's frozen base is loaded in the compute dtype
+    if bf16 and mode in ("lora", "qlora"):  # the frozen base is loaded in the compute dtype
         model = model.to(torch.bfloat16)
+    if mode == "qlora":
+        model = quantize_language_model_4bit(model, torch.bfloat16)
+        batch = {k: v.to(device) for k, v in batch.items()}
     model = apply_training_mode(model, TrainArgs(mode=mode), LoraArgs())
     if checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=device.type == "cpu", report_to=[])
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     optimizer = optimizer_cls(params, **kwargs)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -147,10 +153,11 @@ def _measure(config, mode, batch: dict, checkpointing, bf16, tmp_path) -> tuple[
     step()
     states = [t for state in optimizer.state.values() for t in state.values()]
     live = tensor_bytes([*model.parameters(), *model.buffers(), *states, *batch.values()])
-    with peak_memory("cpu") as measured:
+    with peak_memory(device) as measured:
         step()
     with_states = sum(p.numel() for p in params if p in optimizer.state)
-    return live + measured.peak, with_states
+    start = measured.start if measured.absolute else live
+    return start + measured.peak, with_states
 
 
 CASES = {
@@ -159,6 +166,7 @@ CASES = {
     "full": ("full", 4096, 1, True, False),
     "frozen_vision": ("frozen_vision", 4096, 2, False, False),
     "full-bf16": ("full", 4096, 1, False, True),
+    "qlora": ("qlora", 4096, 2, True, True),
 }
 
 
@@ -168,8 +176,13 @@ def test_estimate_is_within_15_percent_of_a_measured_step(hub, tmp_path, case):
     """Reduced-size Phi-3-V, one real training step per mode on CPU (``lora`` with the real
     vocabulary, where logits dominate; ``full`` with checkpointing, where the vision tower's
     backward peaks; ``frozen_vision`` on a padded batch of 2; ``full`` under bf16 autocast with
-    float32 masters). The planner, given the same model folder and geometry, must be within 15%."""
+    float32 masters; ``qlora`` on a CUDA GPU with bitsandbytes only). The planner, given the same
+    model folder and geometry, must be within 15% (of the allocated peak: no overhead)."""
     mode, vocab, batch, checkpointing, bf16 = CASES[case]
+    if mode == "qlora" and not (
+        torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")
+    ):
+        pytest.skip("QLoRA needs bitsandbytes on a CUDA GPU (NF4 kernels); none here")
     config = _reduced(hub, vocab)
     grid, length = (1, 2), image_tokens(1, 2) + 24
     folder = tmp_path / "model"
@@ -178,7 +191,7 @@ def test_estimate_is_within_15_percent_of_a_measured_step(hub, tmp_path, case):
     args = PlanArgs(
         model=folder, mode=mode, batch_size=batch, seq_len=length, image_size="672x336",
         gradient_checkpointing=checkpointing, dtype="bfloat16" if bf16 else "float32",
-        device="cpu",
+        device="cuda" if mode == "qlora" else "cpu",
     )  # fmt: skip
     estimate = plan(args)
     assert estimate.grid == grid and estimate.num_crops == 2
@@ -260,6 +273,12 @@ def test_full_fine_tuning_is_sixteen_bytes_a_parameter():
     params = result.trainable
     assert parts["gradients"] == 4 * params and parts["optimizer"] == 8 * params
     assert parts["weights"] == 4 * result.parameters
+    ddp = plan(PlanArgs(mode="full", batch_size=1, gpus=2)).phases[-1].parts
+    assert ddp["gradients"] == 2 * 4 * params  # and DDP's bucket copy
+    loss_forward = {p.name: p for p in result.phases}["loss forward"].parts
+    accumulating = plan(PlanArgs(mode="full", batch_size=1, grad_accum=2)).phases[1]
+    assert accumulating.name == "loss forward"
+    assert loss_forward["gradients"] == 0 and accumulating.parts["gradients"] == 4 * params
 
 
 def test_the_fits_table_follows_gpu_memory():

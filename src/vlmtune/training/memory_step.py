@@ -238,15 +238,17 @@ def step_phases(shape: ModelShape, setup: StepSetup) -> list[Phase]:
     weights = weights_bytes(shape, setup)
     width = _grad_width(setup)
     grads = {k: float(width * v) for k, v in trainable.items()}
-    persistent = _persistent_gradients(setup, grads, psi)
+    buckets, accumulated = _persistent_gradients(setup, grads, psi)
+    persistent = buckets + accumulated
     block = grads.get("decoder", 0.0) / shape.layers
     mlp_share = shape.intermediate * shape.hidden / (shape.decoder_linear_params() / shape.layers)
     v_layer = grads.get("vision", 0.0) / max(shape.v_layers_used, 1)
 
     def grad(*parts: str, extra: float = 0.0) -> float:
+        """Gradients present once the backward has reached ``parts`` (and ``extra`` bytes)."""
         if setup.zero >= 2:
             return _zero_gradients(setup, psi)
-        return max(persistent, sum(grads.get(k, 0.0) for k in parts) + extra)
+        return buckets + max(accumulated, sum(grads.get(k, 0.0) for k in parts) + extra)
 
     def cache(*parts: str) -> float:
         return 0.0 if setup.checkpointing else sum(cast.get(k, 0.0) for k in parts)
@@ -289,7 +291,7 @@ def step_phases(shape: ModelShape, setup: StepSetup) -> list[Phase]:
         # created ready node first, and the embedding lookup precedes the vision tower)
         above = ("head", "decoder", "projector")
         phases += [
-            Phase("vision backward, last layer", {
+            Phase("vision backward, last layer", {  # fc2 is a third of a CLIP layer's weights
                 "weights": weights + cache("vision"), "gradients": grad(*above, extra=v_layer / 3),
                 "activations_vision": act.vision_backward + vision,
                 "activations_decoder": decoder,
@@ -316,13 +318,13 @@ def step_phases(shape: ModelShape, setup: StepSetup) -> list[Phase]:
     return phases
 
 
-def _persistent_gradients(setup: StepSetup, grads: dict[str, float], psi: int) -> float:
-    """Gradient bytes present through the whole step: all of them when micro-batches accumulate,
-    under ZeRO-2/3 the shard and buckets, and DDP's bucket copy."""
+def _persistent_gradients(
+    setup: StepSetup, grads: dict[str, float], psi: int
+) -> tuple[float, float]:
+    """Gradient bytes present through the whole step: (DDP's bucket copy of the gradients, or
+    ZeRO-2/3's shard and buckets; the gradients themselves when micro-batches accumulate)."""
     if setup.zero >= 2:
-        return _zero_gradients(setup, psi)
+        return _zero_gradients(setup, psi), 0.0
     total = sum(grads.values())
-    kept = total if setup.grad_accum > 1 else 0.0
-    if setup.gpus > 1 and setup.zero == 0:
-        kept += total  # DDP's buckets (gradient_as_bucket_view is off)
-    return kept
+    buckets = total if setup.gpus > 1 and setup.zero == 0 else 0.0  # gradient_as_bucket_view off
+    return buckets, total if setup.grad_accum > 1 else 0.0
