@@ -20,6 +20,7 @@ VERBS = [
     "merge",
     "demo",
     "serve-images",
+    "plan",
 ]
 
 
@@ -138,3 +139,11 @@ def test_demo_flags_reach_its_config_as_typed(tmp_path, monkeypatch):
     assert main(["demo", "--out", str(out), "--seed", "7", "--quick", "image_size=0112x140"]) == 0
     (args,) = seen
     assert (args.out, args.seed, args.quick, args.image_size) == (out, 7, True, "0112x140")
+
+
+def test_plan_prints_the_breakdown_and_the_fits_table(capsys):
+    assert main(["plan", "--preset", "phi3v-128k", "--mode", "lora", "--gpu-memory", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "Peak memory per GPU" in out and "fits 24 GiB" in out
+    assert main(["plan", "--preset", "phi3v-128k", "--mode", "half"]) == 2
+    assert "'half' is not one of" in capsys.readouterr().err

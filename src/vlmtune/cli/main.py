@@ -1,6 +1,6 @@
 """The ``vlmtune`` command: one sub-command per verb of the pipeline.
 
-    synth -> prepare -> init-model -> train -> eval / predict / serve -> merge;  demo runs them all.
+    synth -> prepare -> init-model -> (plan) -> train -> eval / predict -> merge;  demo runs them all.
 
 Each verb lives in its own module (``vlmtune.cli.<verb>``) declaring ``CONFIG``
 (its typed configuration, whose ``flag()`` fields become its options) and
@@ -39,6 +39,7 @@ VERBS: list[tuple[str, str]] = [
     ("prepare", "prepare"),
     ("init-model", "init_model"),
     ("serve-images", "serve_images"),
+    ("plan", "plan"),
     ("train", "train"),
     ("eval", "eval"),
     ("predict", "predict"),
