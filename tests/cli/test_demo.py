@@ -76,6 +76,46 @@ def test_quick_demo_produces_every_artefact_and_learns(tmp_path, monkeypatch, ca
         rows[0]
     )
 
+    # `make demo` twice: the same settings reuse every finished stage and nothing is redone
+    weights = (out / "run" / "model" / "model.safetensors").read_bytes()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["reused_stages"] == ["prepare", "init-model", "train", "eval"]
+    assert again["after"] == summary["after"] and again["seconds"] == summary["seconds"]
+    assert (out / "run" / "model" / "model.safetensors").read_bytes() == weights
+    assert "reused from the earlier run" in capsys.readouterr().out
+
+    # a demo stopped during training: the rerun resumes from the last checkpoint (no advice the
+    # demo does not accept) and redoes only what was not finished
+    state = json.loads((out / "demo_stages.json").read_text())
+    for stage in ("train", "eval"):
+        del state["stages"][stage]
+    (out / "demo_stages.json").write_text(json.dumps(state))
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["reused_stages"] == ["prepare", "init-model"]
+    assert resumed["train"]["global_step"] == summary["train"]["global_step"]
+
+
+def test_a_demo_with_other_settings_goes_to_a_fresh_numbered_folder(tmp_path):
+    from rich.console import Console
+
+    from vlmtune.cli.demo import DemoArgs, _choose_folder, _settings
+
+    out = tmp_path / "demo_out"
+    console = Console(record=True)
+    first = _settings(DemoArgs(out=out, quick=True))
+    assert _choose_folder(out, first, console) == out  # new: used
+    assert _choose_folder(out, first, console) == out  # same settings: reused
+    other = _settings(DemoArgs(out=out, quick=True, seed=1))
+    assert _choose_folder(out, other, console) == tmp_path / "demo_out-2"
+    assert "this demo writes to" in console.export_text()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a demo")
+    assert _choose_folder(mine, first, console) == tmp_path / "mine-2"
+    assert (mine / "notes.txt").read_text() == "not a demo"
+
 
 def test_recipes_ship_as_package_data_and_the_clone_links_to_them():
     packaged = resources.files("vlmtune") / "configs"

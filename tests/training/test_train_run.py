@@ -107,6 +107,15 @@ def test_resume_is_exact(tiny_inputs, tmp_path, mode, torn_log, count_models):
     start = _weights(two / "checkpoint-3")
     assert any(not torch.allclose(start[k], a[k]) for k in a)
 
+    # resuming a run that reached its last step trains nothing more (the Trainer alone would
+    # run a 7th step) and writes the same final model
+    again = train(tiny_inputs.config(two, mode=mode, max_steps=6, save_steps=3, resume="auto"))
+    assert again.summary["global_step"] == 6 and _loss_steps(two) == [1, 2, 3, 4, 5, 6]
+    assert not (two / "checkpoint-7").exists()
+    c = _weights(two / "model")
+    for key in a:
+        torch.testing.assert_close(c[key], b[key], atol=0, rtol=0, msg=key)
+
 
 def test_nonfinite_loss_stops_with_step_and_batch_ids(tiny_inputs, tmp_path):
     broken = tmp_path / "broken"

@@ -273,12 +273,46 @@ def _check_columns(table: pd.DataFrame, columns: CatalogColumns, source: str) ->
     missing = [(k, v) for k, v in asdict(columns).items() if v not in table.columns]
     if missing:
         field_name = missing[0][0]
+        guess = _guess_column(table, columns, field_name)
+        example = (
+            f"e.g. columns.{field_name}={guess} if that column holds the {field_name}"
+            if guess
+            else f"e.g. columns.{field_name}=YOUR_COLUMN"
+        )
         raise CatalogError(
             f"catalog {source!r} lacks the column(s) "
             f"{', '.join(f'{k}={v!r}' for k, v in missing)}; it has "
             f"{', '.join(map(str, table.columns))}. Map yours with columns.<field>=NAME "
-            f"(e.g. columns.{field_name}=YOUR_COLUMN) or a columns: section in the --config file"
+            f"({example}) or a columns: section in the --config file"
         )
+
+
+_PHOTO_NAME = re.compile(r"\.(jpe?g|png|webp|gif|bmp|tiff?)(\?.*)?$", re.I)
+
+
+def _guess_column(table: pd.DataFrame, columns: CatalogColumns, field_name: str) -> str | None:
+    """The unmapped column most likely meant for ``field_name`` (None when none stands out).
+
+    A close name wins (``titel`` for ``title``); for the image, the one unmapped column whose
+    values end like photo files (``.jpg``, ``.png`` ..., a query string allowed).
+    """
+    import difflib
+
+    mapped = set(asdict(columns).values())
+    free = [str(c) for c in table.columns if c not in mapped]
+    close = difflib.get_close_matches(getattr(columns, field_name), free, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    if field_name != "image":
+        return None
+    photos = [c for c in free if _share(table[c], _PHOTO_NAME) >= 0.8]
+    return photos[0] if len(photos) == 1 else None
+
+
+def _share(values: pd.Series, pattern: re.Pattern[str]) -> float:
+    """Fraction of the first 20 non-empty values matching ``pattern`` (0 for an empty column)."""
+    sample = values.dropna().astype(str).str.strip().head(20)
+    return float(sample.map(lambda v: bool(pattern.search(v))).mean()) if sample.size else 0.0
 
 
 def _read_datasets_folder(path: Path) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,10 +140,21 @@ def _run(
     started = time.perf_counter()
     with SignalCheckpointCallback() as stopper:
         trainer.add_callback(stopper)
-        output = trainer.train(resume_from_checkpoint=resume)
+        if (
+            resume is not None
+            and config.train.deepspeed is None
+            and _finished(Path(resume), config)
+        ):
+            # The Trainer would run one more step from a checkpoint at the last step (it checks
+            # the step count only after a step): load the weights and finish instead.
+            log.info("%s is the run's last step: nothing left to train", resume)
+            trainer.load_checkpoint_weights(resume)
+            metrics: dict[str, float] = {}
+        else:
+            metrics = trainer.train(resume_from_checkpoint=resume).metrics
     last = get_last_checkpoint(str(run_dir))
     last = Path(last) if last else None
-    summary |= _run_figures(trainer, output.metrics, time.perf_counter() - started)
+    summary |= _run_figures(trainer, metrics, time.perf_counter() - started)
     if stopper.received is not None:
         step = trainer.state.global_step
         log.warning(
@@ -152,7 +164,7 @@ def _run(
         return TrainResult(
             run_dir=run_dir,
             model_dir=None,
-            metrics=output.metrics,
+            metrics=metrics,
             summary=summary,
             interrupted_by=stopper.signal_name,
             last_checkpoint=last,
@@ -168,11 +180,19 @@ def _run(
     return TrainResult(
         run_dir=run_dir,
         model_dir=model_dir,
-        metrics=output.metrics,
+        metrics=metrics,
         summary=summary,
         last_checkpoint=last,
         is_main_process=trainer.is_world_process_zero(),
     )
+
+
+def _finished(checkpoint: Path, config: TrainConfig) -> bool:
+    """True when ``checkpoint`` is at the run's last optimizer step (``max_steps``, or the step
+    count the Trainer recorded for an epoch-based run)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    total = config.train.max_steps if config.train.max_steps > 0 else state.get("max_steps", 0)
+    return 0 < total <= int(state.get("global_step", 0))
 
 
 def _with_absolute_paths(config: TrainConfig) -> TrainConfig:

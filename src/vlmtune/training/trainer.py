@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from vlmtune.data.collator import META_KEYS
@@ -73,7 +73,15 @@ class NonFiniteLossError(RunFailure):
 
 
 OWN_METHODS = frozenset(
-    {"__init__", "_pop_meta", "_check_bad_images", "skipped_samples", "skipped_counts", "_generate"}
+    {
+        "__init__",
+        "_pop_meta",
+        "_check_bad_images",
+        "skipped_samples",
+        "skipped_counts",
+        "_generate",
+        "load_checkpoint_weights",
+    }
 )
 """Methods of :class:`VlmTrainer` that are not overrides; every other method overrides the Trainer's."""
 
@@ -279,6 +287,12 @@ class VlmTrainer(Trainer):
             )
             return
         load_rng_state(path)
+
+    def load_checkpoint_weights(self, checkpoint: str) -> None:
+        """Take the weights and the step count of ``checkpoint`` without training (a run that
+        reached its last step: the Trainer would run one step more from there)."""
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
