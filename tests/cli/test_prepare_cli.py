@@ -182,9 +182,9 @@ def test_the_missing_column_advice_is_an_override_that_works(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "imageurl" in err and "picture" in err and "Traceback" not in err
-    advice = re.search(r"e\.g\. (columns\.\w+)=YOUR_COLUMN", err)
-    assert advice, err
-    assert main([*args, f"{advice.group(1)}=picture"]) == 0  # the advice, followed literally
+    advice = re.search(r"e\.g\. (columns\.\w+=\w+)", err)  # the guessed column, ready to paste
+    assert advice and advice.group(1) == "columns.image=picture", err
+    assert main([*args, advice.group(1)]) == 0  # the advice, followed literally
     assert list(load_prepared(tmp_path / "out").frame["picture"]) == ["0.jpg"]
 
 
