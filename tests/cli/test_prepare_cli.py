@@ -246,8 +246,16 @@ def _args(catalog: Path, out: Path) -> list[str]:
 
 
 # The real entry point: `vlmtune prepare` imports only the prepare verb (verbs load lazily), and
-# Ctrl-C ends it with exit code 130 and the resume advice.
-_PREPARE_ONLY = "import sys\nfrom vlmtune.cli.main import main\nsys.exit(main())"
+# Ctrl-C ends it with exit code 130 and the resume advice. Ctrl-C in a terminal reaches a process
+# whose SIGINT is the default; a suite started in the background (`make test &`) hands its
+# children SIGINT ignored, and Python then installs no KeyboardInterrupt handler. So the child
+# starts as a terminal would start it.
+_PREPARE_ONLY = (
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "from vlmtune.cli.main import main\n"
+    "sys.exit(main())"
+)
 
 
 def _start_and_stop(
