@@ -83,7 +83,7 @@ def test_adapter_is_merged_into_its_base(checkpoint, tmp_path):
 
 
 def test_unknown_folder_and_missing_base_are_clear_errors(tmp_path):
-    with pytest.raises(ModelFolderError, match="neither a Phi-3-V checkpoint"):
+    with pytest.raises(ModelFolderError, match="neither a model checkpoint"):
         resolve_model_dir(tmp_path)
     (tmp_path / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": "/nowhere"})

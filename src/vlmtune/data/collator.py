@@ -4,8 +4,11 @@ Follows nanoVLM's ``data/collators.py``: sequences are padded to the longest in
 the batch (never to a fixed length), ``input_ids`` with the tokenizer's pad id,
 ``labels`` with -100, and samples the dataset marked as skipped (bad image, too
 long) are dropped here and reported in the batch's ``skipped`` list so the
-trainer can count them. Pixel values are concatenated over images, since the
-processor already padded every image to ``num_crops + 1`` crops.
+trainer can count them. The image inputs (``pixel_values`` and e.g. ``image_sizes`` or
+``image_grid_thw``, whatever the processor gave) are concatenated over the batch, since the
+processor already gives each image a fixed layout (Phi-3-V pads to ``num_crops + 1`` crops;
+Qwen-VL lists patches); per-token inputs named in ``token_keys`` (Qwen-VL's
+``mm_token_type_ids``) are padded with 0 like the ids.
 """
 
 from __future__ import annotations
@@ -32,11 +35,17 @@ class VisionSFTCollator:
     :class:`~vlmtune.data.dataset.SkippedSample` of the dropped examples).
     """
 
-    def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right") -> None:
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_side: Literal["right", "left"] = "right",
+        token_keys: Sequence[str] = (),
+    ) -> None:
         if pad_token_id is None or pad_token_id < 0:
             raise ValueError(f"pad_token_id must be a non-negative token id, got {pad_token_id!r}")
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
+        self.token_keys = tuple(token_keys)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         skipped = [ex["skipped"] for ex in examples if "skipped" in ex]
@@ -52,19 +61,24 @@ class VisionSFTCollator:
         input_ids = torch.full((len(kept), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(kept), longest), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((len(kept), longest), dtype=torch.long)
+        per_token = {
+            k: torch.zeros((len(kept), longest), dtype=torch.long) for k in self.token_keys
+        }
         for row, ex in enumerate(kept):
             n = int(ex["input_ids"].shape[0])
             span = slice(0, n) if self.padding_side == "right" else slice(longest - n, longest)
             input_ids[row, span] = ex["input_ids"]
             labels[row, span] = ex["labels"]
             attention[row, span] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": labels,
-            "pixel_values": torch.cat([ex["pixel_values"] for ex in kept]),
-            "image_sizes": torch.cat([ex["image_sizes"] for ex in kept]),
+            for key, values in per_token.items():
+                values[row, span] = ex[key]
+        images = {
+            key: torch.cat([ex[key] for ex in kept])
+            for key, value in kept[0].items()
+            if isinstance(value, torch.Tensor) and key not in ("input_ids", "labels", *per_token)
         }
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        return batch | per_token | images
 
     @staticmethod
     def _empty() -> dict[str, Any]:

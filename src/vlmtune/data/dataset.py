@@ -4,9 +4,11 @@ Each row becomes one example through the prompt contract
 (:meth:`vlmtune.data.prompts.PromptTemplate.conversation`). Ids and labels are
 built in the same pass, as nanochat's ``render_conversation`` does:
 
-* prompt ids come from the processor (``processor(text=[prompt], images=[[image]])``),
-  which expands the image tag into negative placeholder ids ``-k``;
-* answer ids (``answer + "<|end|>"``) are the tokens the tokenizer gives them *after the
+* the prompt is the processor's own chat rendering of the image and the question
+  (``processor.render_prompt``); its ids come from the processor
+  (``processor(text=[prompt], images=[[image]])``), which expands the image tag into the
+  image's tokens (Phi-3-V: negative placeholder ids ``-k``);
+* answer ids (``answer`` + the processor's end-of-turn token, ``<|end|>`` for Phi-3) are the tokens the tokenizer gives them *after the
   prompt*, not alone: a SentencePiece tokenizer such as the real Phi-3's writes a first
   word alone as ``▁Product`` but after ``<|assistant|>`` as ``Product``. The prompt's text
   after its last image tag is tokenized in front of each answer and its ids cut off again,
@@ -94,7 +96,7 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.template = template
         self.max_length = max_length
-        self._prompt = template.prompt(processor.tokenizer)
+        self._prompt = template.prompt(processor)
         self.frame = prepared.frame if limit is None else prepared.frame.head(limit)
 
     @property
@@ -109,7 +111,7 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         # Plain per-row values, read once: pandas row access would dominate __getitem__'s time.
         records = self._frame.to_dict("records")
         answers = [
-            self.template.conversation(record_from_row(row, self.columns), tokenizer)[1]
+            self.template.conversation(record_from_row(row, self.columns), self.processor)[1]
             for row in records
         ]
         self._rows = [
@@ -163,12 +165,14 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         target = torch.tensor(target_ids, dtype=torch.long)
         input_ids = torch.cat([prompt_ids, target])
         labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target])
-        return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "pixel_values": inputs["pixel_values"],
-            "image_sizes": inputs["image_sizes"],
+        # the processor's per-token inputs (Qwen-VL's mm_token_type_ids) continue with 0 (text)
+        per_token = {
+            key: torch.cat([inputs[key][0].long(), torch.zeros_like(target)])
+            for key in getattr(self.processor, "token_input_keys", ())
         }
+        keys = getattr(self.processor, "image_input_keys", ("pixel_values", "image_sizes"))
+        images = {key: inputs[key] for key in keys}
+        return {"input_ids": input_ids, "labels": labels} | per_token | images
 
     def lengths(self) -> list[int]:
         """Token length of every row (image tokens included), without decoding the images."""
@@ -229,7 +233,9 @@ class VisionSFTDataset(torch.utils.data.Dataset):
         ids = self.processor(text=[self._prompt], images=[[blank]], return_tensors="pt")[
             "input_ids"
         ][0]
-        return int(ids.shape[0]), int((ids < 0).sum())
+        mask = getattr(self.processor, "image_token_mask", None)
+        images = mask(ids) if mask is not None else ids < 0
+        return int(ids.shape[0]), int(images.sum())
 
     def subset(self, indices: Sequence[int]) -> VisionSFTDataset:
         """A dataset over the given rows only (same processor and template)."""

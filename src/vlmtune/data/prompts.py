@@ -28,6 +28,7 @@ __all__ = [
     "ParsedListing",
     "PromptArgs",
     "PromptTemplate",
+    "end_token_of",
     "format_price",
     "parse_listing",
     "record_from_row",
@@ -39,7 +40,7 @@ FIELD_LABELS: dict[str, str] = {"title": "Product", "category": "Category", "pri
 """The listing's fields, in the default order, with their labels."""
 
 _SPECIAL = re.compile(r"<\|[a-z_0-9]+\|>|</?s>")
-_END_TOKENS = re.compile(r"<\|end\|>|<\|endoftext\|>|</s>")
+_END_TOKENS = re.compile(r"<\|end\|>|<\|endoftext\|>|</s>|<\|im_end\|>|<end_of_turn>")
 """Tokens that end a generated answer (Phi-3's end of turn and end of text, Llama's ``</s>``)."""
 
 
@@ -120,11 +121,17 @@ class PromptTemplate:
     def prompt(self, tokenizer: Any = None) -> str:
         """The text up to and including ``<|assistant|>\\n``, where generation starts.
 
-        With ``style="chat"`` and a tokenizer that carries a chat template, the
-        template renders it; otherwise the Phi-3 chat format is written directly.
+        ``tokenizer`` may be a model family's processor: with ``style="chat"`` its own chat
+        rendering of the image and the question (``render_prompt``) is the prompt. With a
+        tokenizer that carries a chat template, the template renders it; otherwise the Phi-3
+        chat format is written directly.
         """
         if self.args.style == "seed":
             return f"<|user|>\n{self.user_text()}{END_TOKEN}<|assistant|>\n"
+        render = getattr(tokenizer, "render_prompt", None)
+        if render is not None:
+            return render(self.args.question)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": self.user_text()}]
             return tokenizer.apply_chat_template(
@@ -142,12 +149,20 @@ class PromptTemplate:
         return ", ".join(parts)
 
     def conversation(self, record: Mapping[str, Any], tokenizer: Any = None) -> tuple[str, str]:
-        """(prompt, target): the target is the answer followed by ``<|end|>``, what is trained on."""
-        return self.prompt(tokenizer), self.answer(record) + END_TOKEN
+        """(prompt, target): the target is the answer followed by the end-of-turn token
+        (``tokenizer``'s ``end_token`` when it is a family's processor, else ``<|end|>``), what
+        is trained on."""
+        return self.prompt(tokenizer), self.answer(record) + end_token_of(tokenizer)
 
     def parse(self, text: str) -> ParsedListing:
         """Read this template's fields back from generated text (see :func:`parse_listing`)."""
         return parse_listing(text, self.args.fields)
+
+
+def end_token_of(processor: Any) -> str:
+    """The end-of-turn token of a family's processor (``end_token``); ``<|end|>`` otherwise."""
+    token = getattr(processor, "end_token", None)
+    return token if isinstance(token, str) else END_TOKEN
 
 
 def parse_listing(

@@ -4,7 +4,7 @@ Each batch holds the same prompt for every image, tokenised by the processor
 with **left** padding so that every row's last prompt token sits at the same
 position and new tokens are appended on the right; the model decodes with its
 KV cache (images enter only on the prefill step) and each row stops at
-``<|end|>`` or the tokenizer's EOS. Greedy decoding by default. Only the new
+the processor's end-of-turn token (``<|end|>`` for Phi-3) or the tokenizer's EOS. Greedy decoding by default. Only the new
 tokens are decoded, cut at the first stop token, without special tokens.
 """
 
@@ -16,16 +16,17 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from vlmtune.data.prompts import END_TOKEN, PromptTemplate
+from vlmtune.data.prompts import END_TOKEN, PromptTemplate, end_token_of
 from vlmtune.inference.args import GenerationArgs
 
 __all__ = ["GenerationEval", "check_image", "generate_listings", "stop_token_ids"]
 
 
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """Ids that end a listing: ``<|end|>`` (when the vocabulary has it) and the EOS token."""
+def stop_token_ids(tokenizer: Any, end_token: str = END_TOKEN) -> list[int]:
+    """Ids that end a listing: the end-of-turn token (``<|end|>`` for Phi-3; when the vocabulary
+    has it) and the EOS token."""
     ids: list[int] = []
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    end_id = tokenizer.convert_tokens_to_ids(end_token)
     if isinstance(end_id, int) and end_id != getattr(tokenizer, "unk_token_id", None):
         ids.append(end_id)
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -56,15 +57,16 @@ def generate_listings(
 ) -> list[str]:
     """Generate one listing text per image, ``args.batch_size`` images per ``generate`` call.
 
-    ``model`` is a Phi-3-V causal LM (possibly PEFT-wrapped) and ``processor``
-    its processor; images are converted to RGB. Returns the decoded new text of
+    ``model`` is a vision-language causal LM of a supported family (possibly PEFT-wrapped) and
+    ``processor`` its family's processor (the prompt is its chat rendering, the stop tokens its
+    end of turn and EOS); images are converted to RGB. Returns the decoded new text of
     each image, in order, without special tokens. The caller chooses the mode
     (``model.eval()``); this function only disables gradients.
     """
     args = args or GenerationArgs()
     tokenizer = processor.tokenizer
-    prompt = template.prompt(tokenizer)
-    stops = stop_token_ids(tokenizer)
+    prompt = template.prompt(processor)
+    stops = stop_token_ids(tokenizer, end_token_of(processor))
     texts: list[str] = []
     for batch in _batches(list(images), args.batch_size):
         inputs = processor(

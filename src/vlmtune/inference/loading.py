@@ -2,8 +2,9 @@
 
 Accepted folders:
 
-* an official-layout Phi-3-V checkpoint (``config.json`` + safetensors + processor files),
-  e.g. a downloaded ``Phi-3-vision-128k-instruct`` or a ``vlmtune merge`` output;
+* a checkpoint of a supported family (``config.json`` + safetensors + processor files), e.g.
+  a downloaded ``Phi-3-vision-128k-instruct`` or ``Qwen2.5-VL-3B-Instruct``, or a
+  ``vlmtune merge`` output; the family comes from ``config.json``'s ``model_type``;
 * a PEFT adapter folder (``adapter_config.json``), whose ``base_model_name_or_path``
   names the base checkpoint; the adapter is merged into the base weights;
 * a training run folder (``vlmtune train`` output), whose final model is ``RUN/model``.
@@ -19,11 +20,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from vlmtune.models.families import UnknownFamilyError, family_of_folder
 from vlmtune.models.folder import ModelFolderError, check_model_folder
-from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.utils.devices import default_dtype, resolve_device
 
 __all__ = [
@@ -69,7 +71,7 @@ def resolve_model_dir(path: str | Path) -> ModelLocation:
     if (path / "config.json").is_file():
         return ModelLocation(model_dir=path, run_dir=run_dir)
     raise ModelFolderError(
-        f"{str(path)!r} is neither a Phi-3-V checkpoint (config.json), a PEFT adapter "
+        f"{str(path)!r} is neither a model checkpoint (config.json), a PEFT adapter "
         "(adapter_config.json) nor a training run folder (model/)"
     )
 
@@ -89,6 +91,10 @@ def check_model(path: str | Path, option: str = "--model") -> ModelLocation:
                 check_model_folder(folder)
             except ModelFolderError as err:
                 raise type(err)(f"{option} {err}") from None
+    try:  # a model type no family serves stops here, listing the supported ones
+        family_of_folder(location.base_dir or location.model_dir)
+    except UnknownFamilyError as err:
+        raise ModelFolderError(f"{option} {err}") from None
     return location
 
 
@@ -97,7 +103,7 @@ def load_model_and_processor(
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     device: str | torch.device | None = None,
-) -> tuple[Phi3VForCausalLM, Phi3VProcessor]:
+) -> tuple[torch.nn.Module, Any]:
     """Load ``path`` (checkpoint, adapter or run folder) as a plain model in eval mode, plus its processor.
 
     ``dtype`` defaults to float32 on CPU and bfloat16 on a GPU that supports it.
@@ -106,14 +112,13 @@ def load_model_and_processor(
     device = device if isinstance(device, torch.device) else resolve_device(device)
     dtype = dtype if dtype is not None else default_dtype(device)
     weights_dir = location.base_dir or location.model_dir
-    model = Phi3VForCausalLM.from_pretrained(
-        weights_dir, torch_dtype=dtype, attn_implementation=attn_implementation
-    )
+    family = family_of_folder(weights_dir)
+    model = family.load_model(Path(weights_dir), dtype, attn_implementation)
     if location.base_dir is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, location.model_dir).merge_and_unload()
-    processor = Phi3VProcessor.from_pretrained(location.model_dir)
+    processor = family.load_processor(Path(location.model_dir))
     return model.to(device).eval(), processor
 
 

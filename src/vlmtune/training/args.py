@@ -9,6 +9,7 @@ fails before a model is loaded, with a message naming the key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 DEFAULT_LM_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-"""LoRA targets of the Phi-3 decoder (fused attention and MLP projections)."""
+"""LoRA targets of the Phi-3 decoder (fused attention and MLP projections), Phi-3-V's default."""
 DEFAULT_VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 """LoRA targets of the CLIP vision tower, when it is adapted."""
 
@@ -106,8 +107,10 @@ class LoraArgs:
     """Scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.05
     """Dropout on the adapters' input."""
-    language_model: list[str] = field(default_factory=lambda: list(DEFAULT_LM_TARGETS))
-    """Linear layers of the Phi-3 decoder adapted (names of the leaf modules); ``all`` for every one."""
+    language_model: list[str] | None = None
+    """Linear layers of the decoder adapted (names of the leaf modules); ``all`` for every one;
+    None: the model family's attention and MLP projections (Phi-3: qkv_proj, o_proj, gate_up_proj,
+    down_proj; Qwen2.5-VL: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
     vision_tower: list[str] = field(default_factory=list)
     """Linear layers of the CLIP tower adapted, e.g. q_proj,k_proj,v_proj,out_proj,fc1,fc2; ``all`` for every one."""
     projector: list[str] = field(default_factory=list)
@@ -121,12 +124,18 @@ class LoraArgs:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: {self.dropout} must be within [0, 1)")
 
-    def targets(self) -> dict[str, list[str]]:
-        """Target leaf names per component (``vision_tower``, ``projector``, ``language_model``)."""
+    def targets(
+        self, family_defaults: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, list[str]]:
+        """Target leaf names per component (``vision_tower``, ``projector``, ``language_model``);
+        ``family_defaults`` gives the decoder's when ``language_model`` is None."""
+        language_model = self.language_model
+        if language_model is None:
+            language_model = (family_defaults or {}).get("language_model", DEFAULT_LM_TARGETS)
         return {
             "vision_tower": list(self.vision_tower),
             "projector": list(self.projector),
-            "language_model": list(self.language_model),
+            "language_model": list(language_model),
         }
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from vlmtune.data.dataset import SkippedSample, VisionSFTDataset, drop_bad_images
 from vlmtune.data.prepared import load_prepared
 from vlmtune.data.prompts import PromptTemplate
-from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
+from vlmtune.models.families import family_of, family_of_folder
 from vlmtune.training.args import DataArgs, LoraArgs, ModelArgs, TrainArgs
 from vlmtune.utils.config import ConfigError
 from vlmtune.utils.devices import resolve_dtype
@@ -66,8 +66,8 @@ def weights_dtype(model_args: ModelArgs, train_args: TrainArgs) -> torch.dtype:
 
 
 def load_processor(args: ModelArgs) -> Any:
-    """The checkpoint's processor, with ``num_crops`` overridden when set."""
-    processor = Phi3VProcessor.from_pretrained(str(args.path), num_crops=args.num_crops)
+    """The checkpoint's processor (its family's), with ``num_crops`` overridden when set."""
+    processor = family_of_folder(args.path).load_processor(Path(args.path), args.num_crops)
     if processor.tokenizer.pad_token_id is None:
         raise ConfigError(
             f"the tokenizer of {str(args.path)!r} has no pad token; set pad_token in tokenizer_config.json"
@@ -82,9 +82,7 @@ def build_model(model_args: ModelArgs, train_args: TrainArgs, lora_args: LoraArg
         _require_qlora()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     path = str(Path(model_args.path).resolve())
-    model = Phi3VForCausalLM.from_pretrained(
-        path, torch_dtype=dtype, attn_implementation=model_args.attn_implementation
-    )
+    model = family_of_folder(path).load_model(Path(path), dtype, model_args.attn_implementation)
     model.config._name_or_path = path  # recorded as the adapter's base_model_name_or_path
     model.config.use_cache = False
     if train_args.mode == "qlora":
@@ -96,8 +94,9 @@ def apply_training_mode(model: nn.Module, train_args: TrainArgs, lora_args: Lora
     """Freeze or wrap ``model`` for the mode; returns the model to train (a PeftModel for adapters)."""
     if train_args.uses_lora:
         return _wrap_lora(model, lora_args)
+    family = family_of(model)
     for name, param in model.named_parameters():
-        component = model.component_of(name)
+        component = family.component_of(name)
         frozen = (component == "vision_tower" and train_args.freeze_vision) or (
             component == "projector" and train_args.freeze_projector
         )
@@ -113,9 +112,10 @@ def lora_target_modules(model: nn.Module, lora_args: LoraArgs) -> list[str]:
     selects every Linear layer of ``c``. Raises :class:`ConfigError` for a target
     that selects nothing.
     """
-    wanted = lora_args.targets()
+    family = family_of(model)
+    wanted = lora_args.targets(family.default_lora_targets)
     linear = [
-        (n, model.component_of(f"{n}.weight"))
+        (n, family.component_of(f"{n}.weight"))
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear)
     ]
@@ -182,10 +182,11 @@ def quantize_language_model_4bit(model: nn.Module, compute_dtype: torch.dtype) -
     """
     import bitsandbytes as bnb
 
+    family = family_of(model)
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or name == "lm_head":
             continue
-        if model.component_of(f"{name}.weight") != "language_model":
+        if family.component_of(f"{name}.weight") != "language_model":
             continue
         quant = bnb.nn.Linear4bit(
             module.in_features, module.out_features, bias=module.bias is not None,
@@ -209,13 +210,14 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable parameters per component (vision_tower, projector, language_model), of the LoRA
     adapters (``lora``, and ``lora_<component>`` by where they sit), ``trainable`` and ``total``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = family_of(base)
     counts: Counter[str] = Counter()
     total = 0
     for name, param in model.named_parameters():
         total += param.numel()
         if not param.requires_grad:
             continue
-        component = base.component_of(_base_name(name))
+        component = family.component_of(_base_name(name))
         key = f"lora_{component}" if "lora_" in name else component
         counts[key] += param.numel()
     out = {key: int(counts.get(key, 0)) for key in COMPONENTS}

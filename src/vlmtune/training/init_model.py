@@ -1,39 +1,30 @@
-"""``vlmtune init-model``: a small Phi-3-V, saved exactly like a downloaded checkpoint.
+"""``vlmtune init-model``: a small model of a family, saved exactly like a downloaded checkpoint.
 
-The demo and the tests cannot download Phi-3-vision-128k-instruct, so they start
-from a small model built with the same classes and saved in the same official
-layout (``config.json``, safetensors with the official key names, tokenizer
-files, ``preprocessor_config.json``). Every later command then treats it exactly
-like the real checkpoint.
+The demo and the tests cannot download Phi-3-vision-128k-instruct or Qwen2.5-VL, so they start
+from a small model built with the same classes and saved in the same layout (Phi-3-V: the
+official one, ``config.json``, safetensors with the official key names, tokenizer files,
+``preprocessor_config.json``; transformers' families: their ``save_pretrained`` folders). Every
+later command then treats it exactly like the real checkpoint.
 
-Its tokenizer is a byte-level BPE trained (Hugging Face ``tokenizers``) on the
-catalog's own text (titles, categories, prices and the prompt), with Phi-3's
-special and chat tokens and chat template, so that a listing is a few dozen
-tokens and the vocabulary stays compact (the embedding table would otherwise
-dominate a model this small).
+Its tokenizer is a byte-level BPE trained (Hugging Face ``tokenizers``) on the catalog's own
+text (titles, categories, prices and the prompt), with the family's special and chat tokens and
+chat template, so that a listing is a few dozen tokens and the vocabulary stays compact (the
+embedding table would otherwise dominate a model this small). What is family-specific is the
+family's :meth:`~vlmtune.models.families.ModelFamily.build_tiny`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 from vlmtune.data.catalog import CatalogColumns, CatalogError, load_catalog
 from vlmtune.data.prepared import PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptArgs, PromptTemplate, record_from_row
-from vlmtune.models.phi3v import (
-    Phi3VConfig,
-    Phi3VImageProcessor,
-    Phi3VProcessor,
-    build_tiny_phi3v,
-    save_model_folder,
-    tiny_phi3v_config,
-)
+from vlmtune.models.families import family_named
+from vlmtune.models.families.phi3v import PHI3_CHAT_TEMPLATE, PHI3_SPECIAL_TOKENS, train_tokenizer
 from vlmtune.utils.config import ConfigError, config_to_dict, flag
 from vlmtune.utils.logging import get_logger
 from vlmtune.utils.outputs import claim_output_dir, replace_dir
@@ -49,25 +40,17 @@ __all__ = [
 
 logger = get_logger(__name__)
 
-# Phi-3's special and chat tokens; <unk>, <s>, </s> take ids 0, 1, 2 as in the real vocabulary.
-PHI3_SPECIAL_TOKENS = [
-    "<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>",
-]  # fmt: skip
-PHI3_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
-    "{{- '<|assistant|>\n' -}}{% endif %}"
-)
-
 
 @dataclass
 class InitModelArgs:
-    """Where the small Phi-3-V's tokenizer text comes from, where it goes, and its sizes."""
+    """Which family, where the small model's tokenizer text comes from, where it goes, and its sizes."""
 
     data: Path = flag("--data")
     """A prepared dataset folder or a catalog file; its text trains the tokenizer."""
     out: Path = flag("--out")
-    """Folder to write the checkpoint to (official Phi-3-V layout); replaced atomically."""
+    """Folder to write the checkpoint to (the family's checkpoint layout); replaced atomically."""
+    family: str = flag("--family", default="phi3v")
+    """Model family to build (phi3v, qwen2_5_vl)."""
     seed: int = flag("--seed", default=0)
     """Seed of the random weights and of the tokenizer trainer."""
     overwrite: bool = flag("--overwrite", default=False)
@@ -101,6 +84,7 @@ class InitModelArgs:
     """How rows become prompts and answers (their text trains the tokenizer)."""
 
     def __post_init__(self) -> None:
+        family_named(self.family)  # an unknown name stops here, listing the supported ones
         for key in _SIZES:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,40 +130,8 @@ def _check_heads(size_key: str, size: int, heads_key: str, heads: int) -> None:
         raise ConfigError(f"{size_key}={size} is not divisible by {heads_key}={heads}")
 
 
-def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1024, seed: int = 0
-) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on ``texts`` with Phi-3's special tokens, BOS added like Phi-3's tokenizer."""
-    del seed  # the BPE trainer is deterministic for a given corpus order
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=PHI3_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="<|endoftext|>",
-        unk_token="<unk>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|system|>", "<|end|>", "<|user|>", "<|assistant|>"],
-        chat_template=PHI3_CHAT_TEMPLATE,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
-    )
-
-
 def init_model(args: InitModelArgs) -> Path:
-    """Build the small Phi-3-V with random weights and save checkpoint + processor to ``args.out``.
+    """Build the small model of ``args.family`` with random weights; save checkpoint + processor to ``args.out``.
 
     Checked before any work: ``args.data`` exists and holds rows, and ``args.out`` may be written
     (the output policy of :mod:`vlmtune.utils.outputs`); the folder is then built beside ``out``
@@ -194,46 +146,24 @@ def init_model(args: InitModelArgs) -> Path:
     )
     rows, columns = _rows(data)
     seed_everything(args.seed)
-    template = PromptTemplate(args.prompt)
-    tokenizer = train_tokenizer(_corpus(rows, columns, template), args.vocab_size, args.seed)
-    model = build_tiny_phi3v(_model_config(args, tokenizer), seed=args.seed)
-    end, text_end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>"))
-    model.generation_config.eos_token_id = [end, text_end]
-    model.generation_config.pad_token_id = text_end
-    image_processor = Phi3VImageProcessor(
-        num_crops=args.num_crops, crop_size=args.crop_size, patch_size=args.patch_size
-    )
-    processor = Phi3VProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    family = family_named(args.family)
+    texts = _corpus(rows, columns, PromptTemplate(args.prompt))
+    model, processor = family.build_tiny(texts, _sizes(args), args.seed)
     with replace_dir(out, "init-model", identity) as staging:
-        save_model_folder(model, processor, staging)
+        family.save(model, processor, staging)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "init-model: %s parameters, vocabulary %d, saved to %s",
+        "init-model: %s %s parameters, vocabulary %d, saved to %s",
+        family.name,
         f"{n_params:,}",
-        len(tokenizer),
+        len(processor.tokenizer),
         out,
     )
     return out
 
 
-def _model_config(args: InitModelArgs, tokenizer: PreTrainedTokenizerFast) -> Phi3VConfig:
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "<|endoftext|>")}
-    return tiny_phi3v_config(
-        vocab_size=_round_up(len(tokenizer), 64),
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.num_hidden_layers,
-        num_attention_heads=args.num_attention_heads,
-        intermediate_size=args.intermediate_size,
-        vision_hidden_size=args.vision_hidden_size,
-        vision_layers=args.vision_layers,
-        vision_heads=args.vision_heads,
-        vision_intermediate_size=args.vision_intermediate_size,
-        crop_size=args.crop_size,
-        patch_size=args.patch_size,
-        bos_token_id=ids["<s>"],
-        eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+def _sizes(args: InitModelArgs) -> dict[str, int]:
+    return {key: getattr(args, key) for key in _SIZES}
 
 
 def _check_data(data: Path) -> None:
@@ -272,7 +202,3 @@ def _rows(data: Path) -> tuple[list[dict], CatalogColumns]:
             "catalog or prepared dataset with products"
         )
     return rows, columns
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return (value + multiple - 1) // multiple * multiple

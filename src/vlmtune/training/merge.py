@@ -2,7 +2,8 @@
 
 peft's ``merge_and_unload`` (through :func:`vlmtune.inference.loading.load_model_and_processor`)
 folds each adapter into its Linear layer (``W + B @ A * alpha / r``); the merged model is written
-by :func:`~vlmtune.models.phi3v.save_model_folder` in the official layout (weights with the
+by its family (:meth:`~vlmtune.models.families.ModelFamily.save`; Phi-3-V:
+:func:`~vlmtune.models.phi3v.save_model_folder`) in the official layout (weights with the
 official key names, sharded with an index above ``max_shard_size``; ``config.json``,
 ``generation_config.json``, tokenizer and processor files as the hub has them; the base model's
 own remote-code ``*.py`` files copied over), so it loads in ``Phi3VForCausalLM.from_pretrained``,
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vlmtune.inference.loading import check_model, load_model_and_processor
-from vlmtune.models.phi3v import missing_remote_code, save_model_folder, vllm_serve_command
+from vlmtune.models.families import family_of_folder
 from vlmtune.utils.config import ConfigError, flag
 from vlmtune.utils.devices import DTYPE_NAMES, dtype_name, torch_dtype
 from vlmtune.utils.logging import get_logger
@@ -106,17 +107,18 @@ def merge(args: MergeArgs) -> MergeResult:
     merged, processor = load_model_and_processor(adapter_dir, dtype=torch.float32, device="cpu")
     target = torch_dtype(args.dtype) if args.dtype != "auto" else _checkpoint_dtype(base_dir)
     merged = merged.to(target)
+    family = family_of_folder(base_dir)
     with replace_dir(args.out, "merge", identity) as staging:
-        save_model_folder(
+        family.save(
             merged,
             processor,
             staging,
-            remote_code_from=base_dir,
+            source=Path(base_dir),
             max_shard_size=_bytes(args.max_shard_size),
         )
     out = Path(args.out)
     log.info("merged %s into %s -> %s (%s)", adapter_dir, base_dir, out, dtype_name(target))
-    return MergeResult(out, vllm_serve_command(out), tuple(missing_remote_code(out)))
+    return MergeResult(out, family.serve_command(out), tuple(family.missing_for_serving(out)))
 
 
 def merge_adapter(source: str | Path, out: str | Path, dtype: str = "auto") -> Path:

@@ -26,6 +26,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlmtune.data.collator import VisionSFTCollator
+from vlmtune.models.families import family_of
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import build_datasets, build_model, load_processor
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
@@ -122,7 +123,10 @@ def _setup(
         args=args,
         train_dataset=datasets.train,
         eval_dataset=datasets.eval,
-        data_collator=VisionSFTCollator(processor.tokenizer.pad_token_id),
+        data_collator=VisionSFTCollator(
+            processor.tokenizer.pad_token_id,
+            token_keys=getattr(processor, "token_input_keys", ()),
+        ),
         processing_class=processor,
         callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl")],
         generation_eval=generation_eval,
@@ -273,9 +277,10 @@ def _find_unused(config: TrainConfig, model: torch.nn.Module) -> bool:
     """DDP must look for unused parameters when the vision tower trains (its last layer gets no gradient)."""
     if config.train.ddp_find_unused_parameters is not None:
         return config.train.ddp_find_unused_parameters
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = family_of(model)
     return any(
-        p.requires_grad and base.component_of(n.removeprefix("base_model.model.")) == "vision_tower"
+        p.requires_grad
+        and family.component_of(n.removeprefix("base_model.model.")) == "vision_tower"
         for n, p in model.named_parameters()
     )
 

@@ -9,8 +9,8 @@ resume, data parallelism and the trackers are the Trainer's. This subclass adds:
 * length-grouped batches use the dataset's exact lengths (the Trainer would
   decode every image to measure them);
 * each evaluation also runs the injected :class:`GenerationEval` (``eval_<name>``);
-* full-model checkpoints are reloaded in place through the official key table,
-  strictly, without building a second model (the Trainer's default is a
+* full-model checkpoints are reloaded in place through the model family's key table
+  (Phi-3-V: the official one), strictly, without building a second model (the Trainer's default is a
   non-strict state-dict load);
 * checkpoints hold no pickle: the optimizer, scheduler, gradient-scaler and RNG
   states are written as safetensors + JSON (:mod:`vlmtune.training.trainer_state`)
@@ -35,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from vlmtune.data.collator import META_KEYS
 from vlmtune.data.dataset import BadImagesError, SkippedSample, bad_images_message
 from vlmtune.inference.generate import GenerationEval
-from vlmtune.models.phi3v import load_official_state_dict, official_to_native
+from vlmtune.models.families import family_of
 from vlmtune.training.tracking import log_eval_table
 from vlmtune.training.trainer_state import (
     OPTIMIZER_FILE,
@@ -317,17 +317,17 @@ def _is_adapter_model(model: torch.nn.Module) -> bool:
 
 
 def load_full_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Copy an official-layout checkpoint's weights into ``model`` in place, strictly.
+    """Copy a checkpoint's weights (its family's layout) into ``model`` in place, strictly.
 
-    The tensors go through the official key table (``official_to_native`` fails naming
-    missing and unexpected keys), every shape is checked before the first copy (so a
+    The tensors go through the family's key table (Phi-3-V: ``official_to_native``, which fails
+    naming missing and unexpected keys; transformers' own classes: their load), every shape is checked before the first copy (so a
     refused checkpoint leaves the model as it was), then ``load_state_dict(strict=True)``
     copies each tensor into its live parameter, keeping the parameter's dtype and device.
     No second model is built; safetensors maps the file, so the tensors read cost page
     cache, not a second copy of the weights. Raises :class:`TrainerStateError`.
     """
     try:
-        state = official_to_native(load_official_state_dict(checkpoint), model.config)
+        state = family_of(model).checkpoint_state(checkpoint, model)
     except (ValueError, FileNotFoundError) as err:
         raise TrainerStateError(
             f"checkpoint {str(checkpoint)!r} does not fit the model being trained: {err}; "

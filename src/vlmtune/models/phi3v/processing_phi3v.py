@@ -130,6 +130,30 @@ class Phi3VProcessor:
             data["auto_map"] = auto_map
         atomic_write_json(path, data)
 
+    # ------------------------------------------------------------------ chat contract
+    # (models.families.base.ChatProcessor): what data and inference ask of any family's processor
+    end_token = "<|end|>"
+    """Phi-3's end of turn: trained on after the answer, and a stop token."""
+    image_input_keys = ("pixel_values", "image_sizes")
+    """Processor outputs describing the images, passed to the model."""
+    token_input_keys: tuple[str, ...] = ()
+    """No per-token outputs besides ``input_ids`` and ``attention_mask``."""
+
+    def render_prompt(self, question: str) -> str:
+        """``<|user|>\\n<|image_1|>\\n{question}<|end|>\\n<|assistant|>\\n``: the tokenizer's chat
+        template renders it (Phi-3's format is written directly when it has none)."""
+        user = f"<|image_1|>\n{question}"
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+            )
+        return f"<|user|>\n{user}<|end|>\n<|assistant|>\n"
+
+    @staticmethod
+    def image_token_mask(input_ids: torch.Tensor) -> torch.Tensor:
+        """Image placeholders are the negative ids ``-k`` (k: the image's index, from 1)."""
+        return input_ids < 0
+
     # ------------------------------------------------------------------ helpers
     @property
     def num_crops(self) -> int:
