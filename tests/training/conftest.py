@@ -50,8 +50,8 @@ class TinyInputs:
         )
 
 
-def build_tiny_inputs(root: Path, n: int = 40) -> TinyInputs:
-    """Synthesise, prepare and initialise the tiny training inputs under ``root``."""
+def build_tiny_inputs(root: Path, n: int = 40, family: str = "phi3v") -> TinyInputs:
+    """Synthesise, prepare and initialise the tiny training inputs (a ``family`` model) under ``root``."""
     csv = generate_catalog(
         SynthArgs(out=root / "synth", n=n, seed=0, image_size="112x140", broken_frac=0.0, workers=1)
     )
@@ -60,7 +60,9 @@ def build_tiny_inputs(root: Path, n: int = 40) -> TinyInputs:
         PrepareArgs(source=str(csv), out=data, split="0.7,0.2,0.1", progress=False, concurrency=2)
     )
     checkpoint = init_model(
-        InitModelArgs(data=data, out=root / "checkpoint", **tiny_sizes(vocab_size=512))
+        InitModelArgs(
+            data=data, out=root / "checkpoint", family=family, **tiny_sizes(vocab_size=512)
+        )
     )
     return TinyInputs(data=data, checkpoint=Path(checkpoint))
 

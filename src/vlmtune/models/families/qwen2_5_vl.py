@@ -13,6 +13,8 @@ through the PIL image processor; ``num_crops`` has no meaning here (the image si
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -124,7 +126,7 @@ class QwenVLFamily:
             "down_proj",
         )
     }
-    vision_modules = ("model.visual",)
+    vision_modules = ("model.visual.patch_embed", "model.visual.blocks")
 
     def component_of(self, param_name: str) -> str:
         if "visual.merger." in param_name:
@@ -144,7 +146,7 @@ class QwenVLFamily:
 
     def load_processor(self, folder: Path, num_crops: int | None = None) -> Any:
         del num_crops  # the image size is bounded by the image processor's max_pixels
-        return _CLASSES[_model_type(folder)][1].from_pretrained(str(folder))
+        return _processor_class(Path(folder)).from_pretrained(str(folder))
 
     def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
         # transformers renames the hub's keys on load: a strict load of its own model is the table
@@ -167,8 +169,6 @@ class QwenVLFamily:
         return folder
 
     def serve_command(self, folder: Path) -> str:
-        import shlex
-
         path = Path(folder).expanduser().resolve()
         return shlex.join(
             [
@@ -268,9 +268,22 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Qwen2_5_V
 
 
 def _model_type(folder: Path) -> str:
-    import json
-
     return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["model_type"]
+
+
+def _processor_class(folder: Path) -> type:
+    """The processor class of a checkpoint (its model type) or of an adapter folder (the
+    ``processor_class`` its ``processor_config.json`` names)."""
+    if (folder / "config.json").is_file():
+        return _CLASSES[_model_type(folder)][1]
+    path = folder / "processor_config.json"
+    name = (
+        json.loads(path.read_text(encoding="utf-8")).get("processor_class")
+        if path.is_file()
+        else None
+    )
+    by_name = {processor.__name__: processor for _, processor in _CLASSES.values()}
+    return by_name.get(name, Qwen2_5_VLImageTextProcessor)
 
 
 QWEN2_5_VL = QwenVLFamily()

@@ -1,0 +1,183 @@
+"""Every model family through the whole pipeline on a tiny random model: its own classes load what
+init-model wrote, the labels are its chat template's, and train (LoRA, full, frozen vision,
+resume), eval, predict and merge work for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TinyInputs, build_tiny_inputs
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from vlmtune.data.collator import VisionSFTCollator
+from vlmtune.data.dataset import IGNORE_INDEX, VisionSFTDataset
+from vlmtune.data.prepared import load_prepared
+from vlmtune.data.prompts import PromptTemplate
+from vlmtune.evaluation.args import EvalArgs, PredictArgs
+from vlmtune.evaluation.predict import run_predict
+from vlmtune.evaluation.run import run_eval
+from vlmtune.inference.args import GenerationArgs, InferenceArgs
+from vlmtune.inference.loading import check_model, load_model_and_processor
+from vlmtune.models.families import FAMILIES, UnknownFamilyError, family_of_folder
+from vlmtune.models.folder import ModelFolderError
+from vlmtune.models.phi3v import Phi3VForCausalLM
+from vlmtune.training.args import LoraArgs, ModelArgs, TrainArgs
+from vlmtune.training.build import build_model, load_processor
+from vlmtune.training.merge import merge_adapter
+from vlmtune.training.train import train
+
+OWN_CLASSES = {"phi3v": Phi3VForCausalLM, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+"""The class each family's checkpoints load with, outside vlmtune's pipeline."""
+SPECIAL = {"phi3v": ("<|user|>", "<|end|>"), "qwen2_5_vl": ("<|im_start|>", "<|image_pad|>")}
+
+
+def _user_turn(family: str, question: str) -> dict:
+    """One user message with the image, in the content form the family's chat template reads."""
+    if family == "phi3v":
+        return {"role": "user", "content": f"<|image_1|>\n{question}"}
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_inputs(request, tmp_path_factory) -> tuple[str, TinyInputs]:
+    if request.param == "phi3v":
+        return request.param, request.getfixturevalue("tiny_inputs")
+    root = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    return request.param, build_tiny_inputs(root, family=request.param)
+
+
+def test_the_checkpoint_loads_with_the_familys_own_classes(family_inputs):
+    name, inputs = family_inputs
+    assert family_of_folder(inputs.checkpoint).name == name
+    model = OWN_CLASSES[name].from_pretrained(str(inputs.checkpoint))
+    assert type(model) is OWN_CLASSES[name]
+    processor = FAMILIES[name].load_processor(inputs.checkpoint)
+    vocab = processor.tokenizer.get_vocab()
+    assert all(token in vocab for token in SPECIAL[name]), "the family's special tokens"
+    assert processor.end_token in vocab
+    assert model.get_input_embeddings().num_embeddings >= len(processor.tokenizer)
+
+
+def test_ids_are_the_chat_templates_and_only_the_answer_and_end_token_train(family_inputs):
+    name, inputs = family_inputs
+    processor = FAMILIES[name].load_processor(inputs.checkpoint)
+    template = PromptTemplate()
+    dataset = VisionSFTDataset(load_prepared(inputs.data, "train"), processor, template, 4096)
+    example = dataset[0]
+    image = Image.open(dataset.image_path(0)).convert("RGB")
+    answer = dataset.answer(0).removesuffix(processor.end_token)
+    conversation = [
+        _user_turn(name, template.args.question),
+        {"role": "assistant", "content": answer},
+    ]
+    text = processor.apply_chat_template(conversation, tokenize=False)
+    reference = processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"][0]
+    ids, labels = example["input_ids"], example["labels"]
+    # the template closes the turn with the end token and a newline, which nothing is trained on
+    assert reference[: len(ids)].tolist() == ids.tolist()
+    assert processor.tokenizer.decode(reference[len(ids) :]) == "\n"
+    trained = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
+    assert trained == list(range(len(ids) - len(trained), len(ids))), "one span, at the end"
+    target = processor.tokenizer.decode(labels[trained])
+    assert target == answer + processor.end_token
+    assert labels[trained].tolist() == ids[trained].tolist()
+    assert not processor.image_token_mask(ids[trained]).any()
+    assert dataset.token_counts()["image_tokens"][0] == int(processor.image_token_mask(ids).sum())
+    assert dataset.token_counts()["length"][0] == len(ids)
+
+
+def test_an_unknown_model_type_lists_the_supported_ones(tmp_path, tiny_inputs):
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    for item in tiny_inputs.checkpoint.iterdir():
+        if item.is_file():
+            (folder / item.name).write_bytes(item.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
+    with pytest.raises(UnknownFamilyError, match="'llava'.*supported model types: phi3_v, qwen2"):
+        family_of_folder(folder)
+    with pytest.raises(ModelFolderError, match=r"^--model .*'llava'.*phi3_v") as err:
+        check_model(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_modes_train_the_familys_parts(family_inputs):
+    name, inputs = family_inputs
+    family = FAMILIES[name]
+    model_args = ModelArgs(path=inputs.checkpoint)
+    frozen = build_model(model_args, TrainArgs(mode="frozen_vision"), LoraArgs())
+    for param_name, param in frozen.named_parameters():
+        in_tower = param_name.startswith(family.vision_modules)
+        assert param.requires_grad != in_tower, param_name
+        assert (family.component_of(param_name) == "vision_tower") == in_tower, param_name
+    assert any(n.startswith(family.vision_modules) for n, _ in frozen.named_parameters())
+    lora = build_model(model_args, TrainArgs(mode="lora"), LoraArgs())
+    adapted = {n.split(".lora_A")[0] for n, _ in lora.named_parameters() if ".lora_A" in n}
+    leaves = {n.rsplit(".", 1)[-1] for n in adapted}
+    assert leaves == set(family.default_lora_targets["language_model"])
+    assert all(family.component_of(n) == "language_model" for n in adapted)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    adapter = folder / "adapter_model.safetensors"
+    return load_file(str(adapter if adapter.is_file() else folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_training_resumes_exactly(family_inputs, tmp_path, mode):
+    name, inputs = family_inputs
+    one = train(inputs.config(tmp_path / "one", mode=mode, max_steps=4, save_steps=2))
+    two = tmp_path / "two"
+    train(inputs.config(two, mode=mode, max_steps=2, save_steps=2))
+    resumed = train(inputs.config(two, mode=mode, max_steps=4, save_steps=2, resume="auto"))
+    assert one.summary["global_step"] == resumed.summary["global_step"] == 4
+    a, b, start = _weights(one.model_dir), _weights(two / "model"), _weights(two / "checkpoint-2")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+    assert any(not torch.allclose(start[k], a[k]) for k in a), "training moved the weights"
+    if mode == "full":  # the run's model is a checkpoint of the family's own layout
+        assert type(OWN_CLASSES[name].from_pretrained(str(one.model_dir))) is OWN_CLASSES[name]
+
+
+@pytest.mark.slow
+def test_eval_predict_and_merge(family_inputs, tmp_path):
+    name, inputs = family_inputs
+    run = tmp_path / "run"
+    config = inputs.config(run, mode="lora", max_steps=2, save_steps=2, learning_rate=5e-3)
+    config.lora = LoraArgs(projector=["all"], dropout=0.0)
+    train(config)
+    generation = GenerationArgs(max_new_tokens=8, batch_size=2)
+    inference = InferenceArgs(model=run, generation=generation)
+    result = run_eval(EvalArgs(inference=inference, data=inputs.data, split="val", limit=3))
+    assert len(result.predictions) == 3 and "parse_rate" in result.metrics
+    assert (result.out / "report.html").is_file()
+    photos = [load_prepared(inputs.data, "test").root / p for p in
+              load_prepared(inputs.data, "test").frame["local_image_path"][:2]]  # fmt: skip
+    predicted = run_predict(
+        PredictArgs(inference=inference, inputs=photos, out=tmp_path / "listings.csv")
+    )
+    assert len(predicted.rows) == 2 and not predicted.failures
+
+    merged_dir = merge_adapter(run, tmp_path / "merged")
+    merged = OWN_CLASSES[name].from_pretrained(str(merged_dir)).eval()
+    adapted, processor = load_model_and_processor(run, dtype=torch.float32, device="cpu")
+    assert type(FAMILIES[name].load_processor(merged_dir)) is type(processor)
+    dataset = VisionSFTDataset(load_prepared(inputs.data, "val"), processor, PromptTemplate(), 4096)
+    collator = VisionSFTCollator(
+        processor.tokenizer.pad_token_id, token_keys=processor.token_input_keys
+    )
+    batch = collator([dataset[i] for i in range(2)])
+    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, adapted(**batch).logits)
+    base = FAMILIES[name].load_model(inputs.checkpoint, torch.float32)
+    with torch.no_grad():
+        assert not torch.allclose(base(**batch).logits, merged(**batch).logits), "LoRA changed it"
+    assert load_processor(ModelArgs(path=merged_dir)).end_token == processor.end_token
