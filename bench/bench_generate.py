@@ -25,13 +25,13 @@ from PIL import Image
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.inference.args import GenerationArgs
 from vlmtune.inference.generate import generate_listings
+from vlmtune.models.families.phi3v import train_tokenizer
 from vlmtune.models.phi3v import (
     Phi3VImageProcessor,
     Phi3VProcessor,
     build_tiny_phi3v,
     tiny_phi3v_config,
 )
-from vlmtune.training.init_model import train_tokenizer
 
 SIZES = {
     "tests' tiny (hidden 32, 2 layers, 56 px crops)": dict(

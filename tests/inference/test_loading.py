@@ -20,8 +20,8 @@ from vlmtune.utils.errors import UserError
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    from vlmtune.models.families.phi3v import train_tokenizer
     from vlmtune.models.phi3v import Phi3VImageProcessor, Phi3VProcessor
-    from vlmtune.training.init_model import train_tokenizer
 
     folder = tmp_path_factory.mktemp("ckpt")
     tok = train_tokenizer(

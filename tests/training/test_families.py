@@ -14,6 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from tiny_model import tiny_overrides
+from vlmtune.cli.main import main
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import IGNORE_INDEX, VisionSFTDataset
 from vlmtune.data.prepared import load_prepared
@@ -181,3 +183,17 @@ def test_eval_predict_and_merge(family_inputs, tmp_path):
     with torch.no_grad():
         assert not torch.allclose(base(**batch).logits, merged(**batch).logits), "LoRA changed it"
     assert load_processor(ModelArgs(path=merged_dir)).end_token == processor.end_token
+
+
+def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs, tmp_path, capsys):
+    for name in sorted(FAMILIES):
+        out = tmp_path / name
+        words = ["init-model", "--data", str(tiny_inputs.data), "--out", str(out)]
+        assert main([*words, "--family", name, *tiny_overrides(vocab_size=400)]) == 0
+        assert family_of_folder(out).name == name
+    capsys.readouterr()
+    bad = ["init-model", "--data", str(tiny_inputs.data), "--out", str(tmp_path / "x")]
+    assert main([*bad, "--family", "llava"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'llava'" in err and "phi3v, qwen2_5_vl" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -14,8 +14,9 @@ from safetensors import safe_open
 
 from tiny_model import tiny_sizes
 from vlmtune.data.prompts import PromptTemplate
+from vlmtune.models.families.phi3v import PHI3_SPECIAL_TOKENS
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
-from vlmtune.training.init_model import PHI3_SPECIAL_TOKENS, InitModelArgs, init_model
+from vlmtune.training.init_model import InitModelArgs, init_model
 from vlmtune.utils.config import ConfigError, config_from_dict, field_docs
 from vlmtune.utils.errors import UserError
 from vlmtune.utils.outputs import MARKER, OutputError, write_marker

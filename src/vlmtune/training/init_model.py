@@ -24,19 +24,12 @@ from vlmtune.data.catalog import CatalogColumns, CatalogError, load_catalog
 from vlmtune.data.prepared import PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptArgs, PromptTemplate, record_from_row
 from vlmtune.models.families import family_named
-from vlmtune.models.families.phi3v import PHI3_CHAT_TEMPLATE, PHI3_SPECIAL_TOKENS, train_tokenizer
 from vlmtune.utils.config import ConfigError, config_to_dict, flag
 from vlmtune.utils.logging import get_logger
 from vlmtune.utils.outputs import claim_output_dir, replace_dir
 from vlmtune.utils.seeding import seed_everything
 
-__all__ = [
-    "InitModelArgs",
-    "PHI3_SPECIAL_TOKENS",
-    "PHI3_CHAT_TEMPLATE",
-    "init_model",
-    "train_tokenizer",
-]
+__all__ = ["InitModelArgs", "init_model"]
 
 logger = get_logger(__name__)
 
@@ -84,7 +77,7 @@ class InitModelArgs:
     """How rows become prompts and answers (their text trains the tokenizer)."""
 
     def __post_init__(self) -> None:
-        family_named(self.family)  # an unknown name stops here, listing the supported ones
+        family = family_named(self.family)  # an unknown name stops here, listing the supported ones
         for key in _SIZES:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -100,11 +93,11 @@ class InitModelArgs:
         _check_heads(
             "vision_hidden_size", self.vision_hidden_size, "vision_heads", self.vision_heads
         )
-        minimum = 256 + len(PHI3_SPECIAL_TOKENS)
+        minimum = 256 + len(family.special_tokens)
         if self.vocab_size < minimum:
             raise ConfigError(
                 f"vocab_size={self.vocab_size} is below the 256 byte symbols plus "
-                f"{len(PHI3_SPECIAL_TOKENS)} special tokens; use at least {minimum}"
+                f"{len(family.special_tokens)} special tokens of {family.name}; use at least {minimum}"
             )
         if self.crop_size % self.patch_size or (self.crop_size // self.patch_size) % 2:
             raise ConfigError(

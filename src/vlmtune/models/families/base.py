@@ -66,6 +66,8 @@ class ModelFamily(Protocol):
     """Linear layers adapted per component by default (leaf names; ``all`` for every one)."""
     vision_modules: tuple[str, ...]
     """Module names (prefixes) of the vision tower, what ``frozen_vision`` freezes."""
+    special_tokens: tuple[str, ...]
+    """The special tokens of the family's tokenizer (a tiny model's vocabulary has them all)."""
 
     def component_of(self, param_name: str) -> str:
         """``vision_tower``, ``projector`` or ``language_model`` for a parameter name

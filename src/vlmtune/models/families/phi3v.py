@@ -75,6 +75,7 @@ class Phi3VFamily:
     model_types = ("phi3_v",)
     default_lora_targets = {"language_model": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
     vision_modules = ("model.vision_embed_tokens.img_processor",)
+    special_tokens = tuple(PHI3_SPECIAL_TOKENS)
 
     def component_of(self, param_name: str) -> str:
         return Phi3VForCausalLM.component_of(param_name)
