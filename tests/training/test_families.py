@@ -12,7 +12,7 @@ import torch
 from conftest import TinyInputs, build_tiny_inputs
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import Gemma3ForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
 from tiny_model import tiny_overrides
 from vlmtune.cli.main import main
@@ -33,9 +33,17 @@ from vlmtune.training.build import build_model, load_processor
 from vlmtune.training.merge import merge_adapter
 from vlmtune.training.train import train
 
-OWN_CLASSES = {"phi3v": Phi3VForCausalLM, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+OWN_CLASSES = {
+    "phi3v": Phi3VForCausalLM,
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "gemma3": Gemma3ForConditionalGeneration,
+}
 """The class each family's checkpoints load with, outside vlmtune's pipeline."""
-SPECIAL = {"phi3v": ("<|user|>", "<|end|>"), "qwen2_5_vl": ("<|im_start|>", "<|image_pad|>")}
+SPECIAL = {
+    "phi3v": ("<|user|>", "<|end|>"),
+    "qwen2_5_vl": ("<|im_start|>", "<|image_pad|>"),
+    "gemma3": ("<start_of_turn>", "<image_soft_token>"),
+}
 
 
 def _user_turn(family: str, question: str) -> dict:
@@ -101,7 +109,9 @@ def test_an_unknown_model_type_lists_the_supported_ones(tmp_path, tiny_inputs):
             (folder / item.name).write_bytes(item.read_bytes())
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
-    with pytest.raises(UnknownFamilyError, match="'llava'.*supported model types: phi3_v, qwen2"):
+    with pytest.raises(
+        UnknownFamilyError, match="'llava'.*supported model types: phi3_v, qwen2.*gemma3"
+    ):
         family_of_folder(folder)
     with pytest.raises(ModelFolderError, match=r"^--model .*'llava'.*phi3_v") as err:
         check_model(folder)
@@ -153,7 +163,7 @@ def test_eval_predict_and_merge(family_inputs, tmp_path):
     name, inputs = family_inputs
     run = tmp_path / "run"
     config = inputs.config(run, mode="lora", max_steps=2, save_steps=2, learning_rate=5e-3)
-    config.lora = LoraArgs(projector=["all"], dropout=0.0)
+    config.lora = LoraArgs(vision_tower=["all"], dropout=0.0)
     train(config)
     generation = GenerationArgs(max_new_tokens=8, batch_size=2)
     inference = InferenceArgs(model=run, generation=generation)
@@ -195,5 +205,5 @@ def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs,
     bad = ["init-model", "--data", str(tiny_inputs.data), "--out", str(tmp_path / "x")]
     assert main([*bad, "--family", "llava"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'llava'" in err and "phi3v, qwen2_5_vl" in err and len(err.splitlines()) == 1
+    assert "'llava'" in err and "phi3v, qwen2_5_vl, gemma3" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from vlmtune.models.families.base import COMPONENTS, ChatProcessor, ModelFamily, TinySizes
+from vlmtune.models.families.gemma3 import GEMMA3
 from vlmtune.models.families.phi3v import PHI3V
 from vlmtune.models.families.qwen2_5_vl import QWEN2_5_VL
 from vlmtune.utils.errors import UserError
@@ -31,7 +32,7 @@ __all__ = [
     "family_of_type",
 ]
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (PHI3V, QWEN2_5_VL)}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (PHI3V, QWEN2_5_VL, GEMMA3)}
 """Every supported family by its ``--family`` name."""
 
 

@@ -13,8 +13,6 @@ through the PIL image processor; ``num_crops`` has no meaning here (the image si
 
 from __future__ import annotations
 
-import json
-import shlex
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,15 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
+from vlmtune.models.families.hf import (
+    load_pretrained,
+    model_type_of,
+    processor_class_of,
+    render_image_question,
+    save_pretrained_folder,
+    state_in_model_names,
+    vllm_serve_command,
+)
 from vlmtune.models.families.tokenizer import train_byte_bpe
 
 __all__ = [
@@ -65,42 +72,53 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-class _ChatContract:
-    """The :class:`~vlmtune.models.families.base.ChatProcessor` members of a Qwen-VL processor."""
+class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
+    """transformers' ``Qwen2_5_VLProcessor`` without its video processor (which needs torchvision),
+    with the :class:`~vlmtune.models.families.base.ChatProcessor` members."""
 
     end_token = "<|im_end|>"
     image_input_keys = ("pixel_values", "image_grid_thw")
     token_input_keys = ("mm_token_type_ids",)
 
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
     def render_prompt(self, question: str) -> str:
-        """The processor's chat template on one user turn: the image, then ``question``."""
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-        ]
-        return self.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_image_question(self, question)
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``<|image_pad|>`` ids, one per merged 2x2 patch group."""
+        return input_ids == self.image_token_id  # <|image_pad|>, one per merged 2x2 patch group
+
+    def num_image_tokens(self, image: Any) -> int:
+        return _merged_patches(self, image)
+
+
+class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
+    """transformers' ``Qwen2VLProcessor`` without its video processor, as the one above."""
+
+    end_token = "<|im_end|>"
+    image_input_keys = ("pixel_values", "image_grid_thw")
+    token_input_keys = ("mm_token_type_ids",)
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def render_prompt(self, question: str) -> str:
+        return render_image_question(self, question)
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         return input_ids == self.image_token_id
 
     def num_image_tokens(self, image: Any) -> int:
-        """Merged patches of ``image`` at the size the image processor resizes it to."""
-        patches = self.image_processor.get_number_of_image_patches(image.height, image.width, {})
-        return int(patches // self.image_processor.merge_size**2)
+        return _merged_patches(self, image)
 
 
-class Qwen2_5_VLImageTextProcessor(_ChatContract, Qwen2_5_VLProcessor):
-    """transformers' ``Qwen2_5_VLProcessor`` without its video processor (which needs torchvision)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
-        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-
-class Qwen2VLImageTextProcessor(_ChatContract, Qwen2VLProcessor):
-    """transformers' ``Qwen2VLProcessor`` without its video processor (which needs torchvision)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: ANN001
-        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+def _merged_patches(processor: Any, image: Any) -> int:
+    """Merged patches of ``image`` at the size the image processor resizes it to (raises
+    ``ValueError`` for an image it refuses, e.g. one too elongated)."""
+    image_processor = processor.image_processor
+    patches = image_processor.get_number_of_image_patches(image.height, image.width, {})
+    return int(patches // image_processor.merge_size**2)
 
 
 _CLASSES = {
@@ -139,20 +157,17 @@ class QwenVLFamily:
     def load_model(
         self, folder: Path, dtype: torch.dtype, attn_implementation: str = "sdpa"
     ) -> nn.Module:
-        model_class = _CLASSES[_model_type(folder)][0]
-        model = model_class.from_pretrained(
-            str(folder), dtype=dtype, attn_implementation=attn_implementation
-        )
-        return model.eval()
+        model_class = _CLASSES[model_type_of(folder)][0]
+        return load_pretrained(model_class, folder, dtype, attn_implementation)
 
     def load_processor(self, folder: Path, num_crops: int | None = None) -> Any:
         del num_crops  # the image size is bounded by the image processor's max_pixels
-        return _processor_class(Path(folder)).from_pretrained(str(folder))
+        by_type = {key: classes[1] for key, classes in _CLASSES.items()}
+        processor_class = processor_class_of(folder, by_type, Qwen2_5_VLImageTextProcessor)
+        return processor_class.from_pretrained(str(folder))
 
     def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-        # transformers renames the hub's keys on load: a strict load of its own model is the table
-        loaded = self.load_model(folder, torch.float32)
-        return loaded.state_dict()
+        return state_in_model_names(_CLASSES[model_type_of(folder)][0], folder)
 
     def save(
         self,
@@ -164,24 +179,10 @@ class QwenVLFamily:
         max_shard_size: int | str = "5GB",
     ) -> Path:
         del source  # transformers' own classes: nothing to carry over
-        folder = Path(folder)
-        model.save_pretrained(folder, max_shard_size=max_shard_size)
-        processor.save_pretrained(folder)
-        return folder
+        return save_pretrained_folder(model, processor, folder, max_shard_size)
 
     def serve_command(self, folder: Path) -> str:
-        path = Path(folder).expanduser().resolve()
-        return shlex.join(
-            [
-                "vllm",
-                "serve",
-                str(path),
-                "--max-model-len",
-                "4096",
-                "--limit-mm-per-prompt",
-                '{"image": 1}',
-            ]
-        )
+        return vllm_serve_command(folder)
 
     def missing_for_serving(self, folder: Path) -> list[str]:
         return []
@@ -266,25 +267,6 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Qwen2_5_V
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-
-
-def _model_type(folder: Path) -> str:
-    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["model_type"]
-
-
-def _processor_class(folder: Path) -> type:
-    """The processor class of a checkpoint (its model type) or of an adapter folder (the
-    ``processor_class`` its ``processor_config.json`` names)."""
-    if (folder / "config.json").is_file():
-        return _CLASSES[_model_type(folder)][1]
-    path = folder / "processor_config.json"
-    name = (
-        json.loads(path.read_text(encoding="utf-8")).get("processor_class")
-        if path.is_file()
-        else None
-    )
-    by_name = {processor.__name__: processor for _, processor in _CLASSES.values()}
-    return by_name.get(name, Qwen2_5_VLImageTextProcessor)
 
 
 QWEN2_5_VL = QwenVLFamily()
