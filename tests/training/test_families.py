@@ -12,7 +12,11 @@ import torch
 from conftest import TinyInputs, build_tiny_inputs
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import Gemma3ForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    Gemma3ForConditionalGeneration,
+    Idefics3ForConditionalGeneration,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 from tiny_model import tiny_overrides
 from vlmtune.cli.main import main
@@ -36,21 +40,30 @@ from vlmtune.training.train import train
 OWN_CLASSES = {
     "phi3v": Phi3VForCausalLM,
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "smolvlm": Idefics3ForConditionalGeneration,
     "gemma3": Gemma3ForConditionalGeneration,
 }
 """The class each family's checkpoints load with, outside vlmtune's pipeline."""
 SPECIAL = {
     "phi3v": ("<|user|>", "<|end|>"),
     "qwen2_5_vl": ("<|im_start|>", "<|image_pad|>"),
+    "smolvlm": ("<end_of_utterance>", "<fake_token_around_image>"),
     "gemma3": ("<start_of_turn>", "<image_soft_token>"),
 }
 
 
-def _user_turn(family: str, question: str) -> dict:
-    """One user message with the image, in the content form the family's chat template reads."""
+def _conversation(family: str, question: str, answer: str) -> list[dict]:
+    """The user's image and question and the assistant's answer, in the content form the
+    family's chat template reads."""
     if family == "phi3v":
-        return {"role": "user", "content": f"<|image_1|>\n{question}"}
-    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        return [
+            {"role": "user", "content": f"<|image_1|>\n{question}"},
+            {"role": "assistant", "content": answer},
+        ]
+    return [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -80,11 +93,9 @@ def test_ids_are_the_chat_templates_and_only_the_answer_and_end_token_train(fami
     dataset = VisionSFTDataset(load_prepared(inputs.data, "train"), processor, template, 4096)
     example = dataset[0]
     image = Image.open(dataset.image_path(0)).convert("RGB")
-    answer = dataset.answer(0).removesuffix(processor.end_token)
-    conversation = [
-        _user_turn(name, template.args.question),
-        {"role": "assistant", "content": answer},
-    ]
+    prefix = getattr(processor, "answer_prefix", "")
+    answer = dataset.answer(0).removesuffix(processor.end_token).removeprefix(prefix)
+    conversation = _conversation(name, template.args.question, answer)
     text = processor.apply_chat_template(conversation, tokenize=False)
     reference = processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"][0]
     ids, labels = example["input_ids"], example["labels"]
@@ -94,7 +105,7 @@ def test_ids_are_the_chat_templates_and_only_the_answer_and_end_token_train(fami
     trained = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
     assert trained == list(range(len(ids) - len(trained), len(ids))), "one span, at the end"
     target = processor.tokenizer.decode(labels[trained])
-    assert target == answer + processor.end_token
+    assert target == prefix + answer + processor.end_token
     assert labels[trained].tolist() == ids[trained].tolist()
     assert not processor.image_token_mask(ids[trained]).any()
     assert dataset.token_counts()["image_tokens"][0] == int(processor.image_token_mask(ids).sum())
@@ -110,7 +121,7 @@ def test_an_unknown_model_type_lists_the_supported_ones(tmp_path, tiny_inputs):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
     with pytest.raises(
-        UnknownFamilyError, match="'llava'.*supported model types: phi3_v, qwen2.*gemma3"
+        UnknownFamilyError, match="'llava'.*supported model types: phi3_v, qwen2.*idefics3, gemma3"
     ):
         family_of_folder(folder)
     with pytest.raises(ModelFolderError, match=r"^--model .*'llava'.*phi3_v") as err:
@@ -205,5 +216,9 @@ def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs,
     bad = ["init-model", "--data", str(tiny_inputs.data), "--out", str(tmp_path / "x")]
     assert main([*bad, "--family", "llava"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'llava'" in err and "phi3v, qwen2_5_vl, gemma3" in err and len(err.splitlines()) == 1
+    assert (
+        "'llava'" in err
+        and "phi3v, qwen2_5_vl, smolvlm, gemma3" in err
+        and len(err.splitlines()) == 1
+    )
     assert not (tmp_path / "x").exists()

@@ -152,7 +152,8 @@ class PromptTemplate:
         """(prompt, target): the target is the answer followed by the end-of-turn token
         (``tokenizer``'s ``end_token`` when it is a family's processor, else ``<|end|>``), what
         is trained on."""
-        return self.prompt(tokenizer), self.answer(record) + end_token_of(tokenizer)
+        prefix = getattr(tokenizer, "answer_prefix", "")  # e.g. SmolVLM's space after "Assistant:"
+        return self.prompt(tokenizer), f"{prefix}{self.answer(record)}{end_token_of(tokenizer)}"
 
     def parse(self, text: str) -> ParsedListing:
         """Read this template's fields back from generated text (see :func:`parse_listing`)."""

@@ -43,7 +43,7 @@ class InitModelArgs:
     out: Path = flag("--out")
     """Folder to write the checkpoint to (the family's checkpoint layout); replaced atomically."""
     family: str = flag("--family", default="phi3v")
-    """Model family to build (phi3v, qwen2_5_vl, gemma3)."""
+    """Model family to build (phi3v, qwen2_5_vl, smolvlm, gemma3)."""
     seed: int = flag("--seed", default=0)
     """Seed of the random weights and of the tokenizer trainer."""
     overwrite: bool = flag("--overwrite", default=False)

@@ -17,6 +17,7 @@ from vlmtune.models.families.base import COMPONENTS, ChatProcessor, ModelFamily,
 from vlmtune.models.families.gemma3 import GEMMA3
 from vlmtune.models.families.phi3v import PHI3V
 from vlmtune.models.families.qwen2_5_vl import QWEN2_5_VL
+from vlmtune.models.families.smolvlm import SMOLVLM
 from vlmtune.utils.errors import UserError
 
 __all__ = [
@@ -32,7 +33,9 @@ __all__ = [
     "family_of_type",
 ]
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (PHI3V, QWEN2_5_VL, GEMMA3)}
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family for family in (PHI3V, QWEN2_5_VL, SMOLVLM, GEMMA3)
+}
 """Every supported family by its ``--family`` name."""
 
 

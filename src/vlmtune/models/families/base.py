@@ -40,6 +40,9 @@ class ChatProcessor(Protocol):
     """Processor outputs that describe the images and go to the model (concatenated over a batch)."""
     token_input_keys: tuple[str, ...]
     """Processor outputs with one entry per token besides ids and mask (padded with 0)."""
+    answer_prefix: str
+    """Optional (default ``""``): text the template writes between the prompt and the answer
+    (SmolVLM's space after ``Assistant:``); trained on as part of the answer."""
 
     def render_prompt(self, question: str) -> str:
         """The chat prompt of one user turn (the image, then ``question``), up to where the
