@@ -130,3 +130,31 @@ def test_recipes_ship_as_package_data_and_the_clone_links_to_them():
     for recipe in Path(str(packaged)).iterdir():
         name = f"configs/{recipe.name}"
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+@pytest.mark.slow
+def test_demo_builds_and_trains_the_family_it_is_given(tmp_path, monkeypatch):
+    from vlmtune.cli.demo import DemoArgs, run_demo
+    from vlmtune.models.families import family_of_folder
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "demo"
+    steps = [
+        "train.max_steps=12",
+        "train.eval_steps=12",
+        "train.save_steps=12",
+        "train.logging_steps=2",
+    ]
+    args = DemoArgs(out=out, quick=True, n=60, family="qwen2_5_vl", train_overrides=steps)
+    summary = run_demo(args, console=None)
+    assert family_of_folder(out / "base_model").name == "qwen2_5_vl"
+    assert family_of_folder(summary["paths"]["model"]).name == "qwen2_5_vl"
+    assert summary["train"]["global_step"] == 12 and summary["test_rows"] > 0
+    losses = [
+        json.loads(line)["loss"]
+        for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="unknown model family 'llava'.*phi3v, qwen2_5_vl"):
+        DemoArgs(out=out, family="llava")

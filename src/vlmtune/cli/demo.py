@@ -50,6 +50,9 @@ class DemoArgs:
     """Products to synthesise (default 1500; 240 with --quick)."""
     seed: int = flag("--seed", default=0)
     """One seed for the catalog, the split, the initial weights and training."""
+    family: str = flag("--family", default="phi3v")
+    """Model family of the small model (phi3v, qwen2_5_vl, smolvlm, gemma3); its recipe is the
+    packaged ``vlmtune/configs/demo_FAMILY.yaml`` when there is one, else ``demo.yaml``."""
     quick: bool = flag("--quick", default=False)
     """A ~15 s run (240 products, 40 steps) that proves every stage works (the test suite runs
     it), not the quality."""
@@ -63,6 +66,9 @@ class DemoArgs:
     """Tracker of the training stage (W&B runs offline without a key or network)."""
 
     def __post_init__(self) -> None:
+        from vlmtune.models.families import family_named
+
+        family_named(self.family)  # an unknown name stops here, listing the supported ones
         if self.n is not None and self.n < 50:
             raise ValueError(
                 f"n={self.n}: the demo needs at least 50 products to have a test split"
@@ -98,7 +104,7 @@ def run_demo(args: DemoArgs, console: Console | None = None) -> dict[str, Any]:
         console.print(f"[green]✓[/] {name} in {state.seconds[name]:.1f}s")
 
     stage("prepare", lambda: _synth_and_prepare(args, paths, n, state))
-    stage("init-model", lambda: state.timed("init-model", lambda: _init_model(paths, args.seed)))
+    stage("init-model", lambda: state.timed("init-model", lambda: _init_model(paths, args)))
     stage("train", lambda: state.timed("train", lambda: _train(train_cfg, paths)))
     stage("eval", lambda: state.timed("eval", lambda: _eval(paths)))
     summary = _summary(out, state, paths)
@@ -136,12 +142,14 @@ def _synth_and_prepare(
     }
 
 
-def _init_model(paths: dict[str, Path], seed: int) -> dict[str, Any]:
+def _init_model(paths: dict[str, Path], args: DemoArgs) -> dict[str, Any]:
     from vlmtune.training.init_model import InitModelArgs, init_model
 
-    init_model(
-        InitModelArgs(data=paths["data"], out=paths["base_model"], seed=seed, overwrite=True)
-    )
+    init = InitModelArgs(
+        data=paths["data"], out=paths["base_model"], seed=args.seed, family=args.family,
+        overwrite=True,
+    )  # fmt: skip
+    init_model(init)
     return {}
 
 
@@ -283,7 +291,14 @@ def _recipe_text(args: DemoArgs) -> str:
                 "pass train_config=FILE"
             )
         return Path(args.train_config).read_text(encoding="utf-8")
-    return (resources.files("vlmtune") / "configs" / "demo.yaml").read_text(encoding="utf-8")
+    return _packaged_recipe(args).read_text(encoding="utf-8")
+
+
+def _packaged_recipe(args: DemoArgs) -> Any:
+    """The family's own demo recipe (``configs/demo_FAMILY.yaml``) when packaged, else ``demo.yaml``."""
+    configs = resources.files("vlmtune") / "configs"
+    own = configs / f"demo_{args.family}.yaml"
+    return own if own.is_file() else configs / "demo.yaml"
 
 
 def _train_config(args: DemoArgs, paths: dict[str, Path]) -> Any:
@@ -293,8 +308,7 @@ def _train_config(args: DemoArgs, paths: dict[str, Path]) -> Any:
         _recipe_text(args)
         return _load_recipe(TrainConfig, Path(args.train_config), args, paths)
     # package data, so the demo runs from a wheel as well as from a clone
-    recipe = resources.files("vlmtune") / "configs" / "demo.yaml"
-    with resources.as_file(recipe) as path:
+    with resources.as_file(_packaged_recipe(args)) as path:
         return _load_recipe(TrainConfig, path, args, paths)
 
 
@@ -310,7 +324,7 @@ def _load_recipe(cls: type, recipe: Path, args: DemoArgs, paths: dict[str, Path]
         "train.output_dir": paths["run"],
         "train.seed": args.seed,
         "train.report_to": args.report_to,
-        "train.run_name": f"demo-seed{args.seed}",
+        "train.run_name": f"demo-{args.family}-seed{args.seed}",
     }
     return load_config(cls, recipe, [*quick, *(args.train_overrides or [])], values=fixed)
 
