@@ -222,3 +222,41 @@ def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs,
         and len(err.splitlines()) == 1
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_images_with_different_tile_counts_batch_together(tmp_path, tiny_inputs):
+    """SmolVLM splits a large image into tiles: the collator pads the tile axis with empty
+    tiles (zeros), which the model drops, so a batch gives each row its own loss."""
+    folder = tmp_path / "smolvlm"
+    assert main(["init-model", "--data", str(tiny_inputs.data), "--out", str(folder),
+                 "--family", "smolvlm", *tiny_overrides(vocab_size=400)]) == 0  # fmt: skip
+    family = FAMILIES["smolvlm"]
+    processor = family.load_processor(folder)
+    processor.image_processor.do_image_splitting = True  # 56 px tiles of images resized to 112 px
+    processor.image_processor.size = {"longest_edge": 112}
+    model = family.load_model(folder, torch.float32)
+    template = PromptTemplate()
+    images = [Image.new("RGB", (112, 56), "red"), Image.new("RGB", (112, 112), "blue")]
+    prompt = template.prompt(processor)
+    examples = []
+    for image in images:
+        inputs = processor(text=[prompt], images=[[image]], return_tensors="pt")
+        examples.append({
+            "input_ids": inputs["input_ids"][0], "labels": inputs["input_ids"][0],
+            "pixel_values": inputs["pixel_values"],
+            "pixel_attention_mask": inputs["pixel_attention_mask"],
+            "sample_id": "x", "image_path": "x",
+        })  # fmt: skip
+    tiles = [ex["pixel_values"].shape[1] for ex in examples]
+    assert tiles[0] < tiles[1], tiles
+    batch = VisionSFTCollator(processor.tokenizer.pad_token_id)(examples)
+    assert batch["pixel_values"].shape[:2] == (2, tiles[1])
+    assert not batch["pixel_values"][0, tiles[0] :].any()
+    keys = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+    with torch.no_grad():
+        together = model(**{k: batch[k] for k in keys}).logits
+        for row, example in enumerate(examples):
+            alone = VisionSFTCollator(processor.tokenizer.pad_token_id)([example])
+            logits = model(**{k: alone[k] for k in keys}).logits[0]
+            n = logits.shape[0]
+            torch.testing.assert_close(together[row, :n], logits, atol=1e-4, rtol=1e-4)

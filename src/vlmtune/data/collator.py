@@ -7,7 +7,7 @@ long) are dropped here and reported in the batch's ``skipped`` list so the
 trainer can count them. The image inputs (``pixel_values`` and e.g. ``image_sizes`` or
 ``image_grid_thw``, whatever the processor gave) are concatenated over the batch, since the
 processor already gives each image a fixed layout (Phi-3-V pads to ``num_crops + 1`` crops;
-Qwen-VL lists patches); per-token inputs named in ``token_keys`` (Qwen-VL's
+Qwen-VL lists patches), or padded with zeros where it does not (SmolVLM's tiles per image); per-token inputs named in ``token_keys`` (Qwen-VL's
 ``mm_token_type_ids``) are padded with 0 like the ids.
 """
 
@@ -73,7 +73,7 @@ class VisionSFTCollator:
             for key, values in per_token.items():
                 values[row, span] = ex[key]
         images = {
-            key: torch.cat([ex[key] for ex in kept])
+            key: _concat_padded([ex[key] for ex in kept])
             for key, value in kept[0].items()
             if isinstance(value, torch.Tensor) and key not in ("input_ids", "labels", *per_token)
         }
@@ -87,3 +87,17 @@ class VisionSFTCollator:
             "attention_mask": torch.zeros((0, 0), dtype=torch.long),
             "labels": torch.zeros((0, 0), dtype=torch.long),
         }
+
+
+def _concat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0; tensors whose other dims differ (SmolVLM's tiles per image) are
+    first padded with zeros to the largest, which the model reads as padding images."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    if all(list(t.shape[1:]) == shape for t in tensors):
+        return torch.cat(tensors)
+    padded = []
+    for tensor in tensors:
+        out = tensor.new_zeros((tensor.shape[0], *shape))
+        out[tuple(slice(0, n) for n in tensor.shape)] = tensor
+        padded.append(out)
+    return torch.cat(padded)
