@@ -38,8 +38,9 @@ class ModelArgs:
     """Which checkpoint to fine-tune and how to load it."""
 
     path: Path | None = flag("--model", "-m", default=None)
-    """Official-layout Phi-3-V checkpoint folder to fine-tune (config.json, model.safetensors, tokenizer,
-    preprocessor_config.json)."""
+    """Checkpoint folder to fine-tune (config.json, safetensors, tokenizer and processor files): an
+    official-layout Phi-3-V, or a Qwen2.5-VL / Qwen2-VL, SmolVLM or Gemma 3 checkpoint; the family
+    is read from config.json's model_type."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel of the decoder and the vision tower."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -50,7 +51,8 @@ class ModelArgs:
     (bfloat16 weights would lose most optimizer updates at fine-tuning learning rates),
     except under DeepSpeed, which keeps its own float32 master copy."""
     num_crops: int | None = None
-    """Maximum number of image crops of the HD transform; None keeps the checkpoint's preprocessor value."""
+    """Maximum number of image crops of Phi-3-V's HD transform (other families ignore it); None keeps
+    the checkpoint's preprocessor value."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
 

@@ -1,4 +1,5 @@
-"""``train()``: fine-tune Phi-3-V on a prepared image dataset with transformers' ``Trainer``.
+"""``train()``: fine-tune a vision-language model (any supported family) on a prepared image dataset
+with transformers' ``Trainer``.
 
 Reads like a table of contents (torchtune's recipe convention): check every
 input and the run folder (:mod:`~vlmtune.training.preflight`,

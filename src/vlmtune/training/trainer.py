@@ -1,4 +1,4 @@
-"""``VlmTrainer``: transformers' ``Trainer`` with what fine-tuning Phi-3-V on catalogs needs.
+"""``VlmTrainer``: transformers' ``Trainer`` with what fine-tuning a vision-language model on catalogs needs.
 
 The optimisation loop, gradient accumulation, mixed precision, checkpoint rotation,
 resume, data parallelism and the trackers are the Trainer's. This subclass adds:
