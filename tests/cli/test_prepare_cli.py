@@ -70,8 +70,8 @@ def test_prepare_command_writes_the_dataset_and_a_summary(tmp_path, capsys):
 def test_prepare_command_reads_yaml_config_and_overrides(tmp_path):
     folder = tmp_path / "cat"
     folder.mkdir()
-    for i in range(4):
-        (folder / f"{i}.jpg").write_bytes(jpeg_bytes((0, i, 0)))
+    for i in range(4):  # distinct colours: not near duplicates (those share a split)
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes((0, 60 * i, 0)))
     catalog = _catalog(
         folder / "c.csv", [(f"s{i}", f"{i}.jpg") for i in range(4)], "sku", "picture"
     )

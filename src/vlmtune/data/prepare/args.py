@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.data.catalog import CatalogColumns
+from vlmtune.data.dedup_args import DedupArgs
 from vlmtune.data.download import DownloadPolicy
 from vlmtune.data.images import DEFAULT_MAX_PIXELS
 from vlmtune.data.splits import parse_split_fractions
@@ -62,6 +63,8 @@ class PrepareArgs:
     """Catalog column whose values get the split proportions each (e.g. ``category3_code``)."""
     seed: int = flag("--seed", default=0)
     """Seed of the id hash that assigns splits."""
+    dedup: DedupArgs = field(default_factory=DedupArgs)
+    """Duplicate photos: how near duplicates are found and what training sees of groups that disagree."""
     allow_local_paths: bool = flag("--allow-local-paths", default=False)
     """Also read absolute image paths and paths leaving the catalog's folder."""
     progress: bool = flag("--progress/--no-progress", default=True)
