@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vlmtune.data.card import ImageTokenCounter, summarise, write_card
 from vlmtune.data.catalog import Catalog, load_catalog
 from vlmtune.data.images import safe_stem
 from vlmtune.data.prepare.args import PrepareArgs, PrepareError
@@ -48,14 +49,19 @@ class NothingKeptError(RunFailure):
 
 
 def prepare_dataset(
-    args: PrepareArgs, *, sleep: Callable[[float], object] | None = None
+    args: PrepareArgs,
+    *,
+    sleep: Callable[[float], object] | None = None,
+    image_tokens: ImageTokenCounter | None = None,
 ) -> PrepareReport:
     """Build the dataset in ``args.out`` from ``args.source``; see :mod:`vlmtune.data.prepare`.
 
     Everything that can be checked is checked before any image is fetched: the
     output folder, the catalog (format, columns, at least one row), the stratify
     column and the image file names. ``sleep`` replaces the download backoff
-    waits (tests check the computed waits with it). Raises
+    waits (tests check the computed waits with it). ``image_tokens`` counts a
+    photo's image tokens for the data card (the model's processor, handed in by
+    the CLI; without it the card leaves the token counts out). Raises
     :class:`~vlmtune.utils.errors.UserError` subclasses for what the user must
     fix and :class:`NothingKeptError` when no row could be kept.
     """
@@ -89,6 +95,10 @@ def prepare_dataset(
         record_duplicates(report, grouping, conflicts, args.dedup.on_conflict)
         report.finish(time.monotonic() - started)
         atomic_write_json(out / REPORT, report.to_dict())
+        summary = summarise(
+            out, manifest, args.columns, args.rare_min, image_tokens, args.num_crops
+        )
+        write_card(out, summary)
         journal.remove()
     LOG.info(
         "prepare: kept %d of %d rows (%d reused), dropped %d (failures.csv) in %.1f s -> %s",
