@@ -123,12 +123,14 @@ def summarise(
     )
 
 
-def categories_missing_from_train(frame: pd.DataFrame, category: str) -> dict[str, list[str]]:
-    """Split (val, test) -> its categories that no training row has (only non-empty entries)."""
+def categories_missing_from_train(
+    frame: pd.DataFrame, category: str, train_split: str = "train"
+) -> dict[str, list[str]]:
+    """Split -> its categories that no row of ``train_split`` has (only splits with some)."""
     cats = frame[category].astype(str)
-    train = set(cats[frame["split"] == "train"])
+    train = set(cats[frame["split"] == train_split])
     out = {}
-    for name in SPLITS[1:]:
+    for name in [s for s in SPLITS if s != train_split]:
         missing = sorted(set(cats[frame["split"] == name]) - train)
         if missing:
             out[name] = missing
