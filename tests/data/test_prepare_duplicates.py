@@ -86,3 +86,19 @@ def test_adding_100_products_moves_no_existing_group(tmp_path):
     again = load_prepared(tmp_path / "a").frame
     assert dict(zip(again["product_code"], again["split"], strict=True)) == split_of
     assert regrown.reused == 36 and regrown.kept == 136
+
+
+def test_an_output_from_before_duplicate_groups_is_reused_and_grouped(tmp_path):
+    catalog = planted_catalog(tmp_path / "cat")
+    out = tmp_path / "out"
+    run(catalog, out, split=SPLIT)
+    manifest = pd.read_parquet(out / "dataset.parquet")
+    old = [c for c in manifest.columns if c == "duplicate_group" or c.startswith("image_p")]
+    old += ["image_colour"]
+    manifest.drop(columns=old).to_parquet(out / "dataset.parquet", index=False)
+    (out / "conflicts.csv").unlink()
+    again = run(catalog, out, split=SPLIT)
+    assert again.reused == again.kept == 36  # no image fetched again
+    frame = load_prepared(out).frame
+    assert frame.groupby("duplicate_group").size().max() == len(LOOK_IDS)
+    assert again.conflict_groups == 1 and (out / "conflicts.csv").is_file()
