@@ -10,9 +10,10 @@
 - price per category (quartiles), and **price outliers**: prices at most zero, or at least
   ``OUTLIER_RATIO`` times away from their category's median (either direction);
 - title lengths (characters), image widths, heights and aspect ratios (width / height);
-- image tokens per photo when a counter is given (the model's processor decides: Phi-3-V
-  gives ``(h*w + 1) * 144 + 1 + (h + 1) * 12`` tokens for an ``h x w`` crop grid), so the
-  sequence-length cost of the photos is visible before training.
+- image tokens per photo when a counter is given (the model's own processor counts them;
+  the data layer cannot import the models, so the CLI hands the counter in:
+  :func:`vlmtune.models.image_tokens.image_token_counter`), so the sequence-length cost of
+  the photos is visible before training.
 """
 
 from __future__ import annotations
