@@ -2,7 +2,8 @@
 
 One synthetic photo under four product ids (as is, re-encoded at JPEG 60, resized to half,
 cropped by 1 % a side), one photo shared by two products with different prices, and
-distinct synthetic products (seed 0, indices 10-39, plus any ``extra``) around them. The
+distinct synthetic products (seed 0, indices 10-39, plus any ``extra``) around them; two
+more rows priced 0 and -5, which the catalog rejects (``catalog/bad price``). The
 planted ids are chosen so that a split by id alone would spread each group over splits.
 """
 
@@ -88,4 +89,5 @@ def planted_catalog(folder: Path, extra: range = range(0)) -> Path:
         product = sample_product(0, index)
         photos[f"{product.product_code}.jpg"] = render_jpeg(product.render, SIZE)
         rows.append(_row(product.product_code, f"img/{product.product_code}.jpg", index))
+    rows += [_row("free", "img/twin.jpg", TWIN, 0.0), _row("owed", "img/twin.jpg", TWIN, -5.0)]
     return _write(folder, rows, photos)

@@ -79,6 +79,7 @@ def test_prepare_writes_a_self_contained_card_with_the_planted_groups(prepared):
     assert all(pid in page for pid in LOOK_IDS + TWIN_IDS)
     assert not re.search(r'(src|href)="(?!data:)', page)  # no external asset
     assert 'data-plot="tokens"' in page and f"num_crops={NUM_CROPS}" in page
+    assert '<span id="bad-price">2</span>' in page  # the 0 and -5 prices, dropped at load
 
 
 def _chromium() -> str | None:
@@ -130,4 +131,5 @@ def test_inspect_prints_the_summary_and_writes_nothing(prepared, capsys):
     assert re.search(r"conflicting groups\s*│\s*1", out)
     assert all(pid in out for pid in TWIN_IDS)
     assert "rare:" in out and f"num_crops={NUM_CROPS}" in out
+    assert re.search(r"dropped for a zero, negative or unreadable price\s*│\s*2", out)
     assert sorted(p.name for p in prepared.iterdir()) == before

@@ -86,6 +86,7 @@ def _overview(s: CardSummary) -> Table:
     table.add_row("conflicting groups", str(dup["conflicts"]))
     table.add_row("flagged categories", str(len(s.flagged)))
     table.add_row("price outliers", str(len(s.outliers)))
+    table.add_row("dropped for a zero, negative or unreadable price", str(s.rows["bad_price"]))
     if s.titles:
         table.add_row("title length (chars, min/median/max)", _spread(s.titles))
         table.add_row("image width (px)", _spread(s.widths))

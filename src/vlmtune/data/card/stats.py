@@ -53,7 +53,9 @@ class CardSummary:
     """Everything the data card shows (see the module docstring); :meth:`to_dict` is JSON-able."""
 
     rows: dict[str, Any]
-    """``read``, ``kept``, ``dropped`` and ``dropped_by_reason`` (``"<stage>/<kind>"`` -> rows)."""
+    """``read``, ``kept``, ``dropped``, ``dropped_by_reason`` (``"<stage>/<kind>"`` -> rows) and
+    ``bad_price`` (rows dropped when the catalog was read because their price was not a positive
+    number: zero, negative or unreadable prices never reach the dataset)."""
     splits: dict[str, int]
     duplicates: dict[str, Any]
     """``groups`` (of 2+ rows), ``rows`` in them, ``conflicts``, ``largest`` (group, size, splits, members)."""
@@ -155,6 +157,7 @@ def _rows(report: dict[str, Any], kept: int) -> dict[str, Any]:
         "kept": kept,
         "dropped": int(report.get("dropped", 0)),
         "dropped_by_reason": dict(report.get("dropped_by_reason", {})),
+        "bad_price": int(report.get("dropped_by_reason", {}).get("catalog/bad price", 0)),
     }
 
 
