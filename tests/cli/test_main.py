@@ -21,6 +21,7 @@ VERBS = [
     "demo",
     "serve-images",
     "plan",
+    "inspect",
 ]
 
 
@@ -94,7 +95,7 @@ def captured_prepare(monkeypatch):
 
     seen = []
 
-    def fake_prepare(args):
+    def fake_prepare(args, **_options):
         seen.append(args)
         raise PrepareError("stopped by the test")
 

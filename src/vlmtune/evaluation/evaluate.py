@@ -13,6 +13,12 @@ A dataset image that can no longer be read (deleted or corrupted since
 counted in the ``skipped_images`` metric; the other rows are still scored, so
 one bad file neither stops ``vlmtune eval`` nor the evaluation inside a training
 run. Only a split with no usable image at all is an error.
+
+:func:`unique_group_metrics` scores again only the rows whose duplicate group (the
+``duplicate_group`` column ``prepare`` records) lies wholly in the evaluated split: the
+photos the model cannot have seen in training under another id. ``prepare`` puts every
+group in one split, so on its datasets these are all the rows; a split made elsewhere,
+or edited, shows the difference here.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlmtune.data.prepared import PreparedDataset
+from vlmtune.data.prepared import PreparedDataset, load_prepared
 from vlmtune.data.prompts import ParsedListing, PromptTemplate, record_from_row
 from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics, score_row
 from vlmtune.inference.args import GenerationArgs
@@ -39,7 +45,10 @@ __all__ = [
     "make_generation_eval",
     "prediction_row",
     "references",
+    "unique_group_metrics",
 ]
+
+GROUP_COLUMN = "duplicate_group"
 
 log = get_logger(__name__)
 
@@ -60,6 +69,8 @@ class EvalResult:
     base_predictions: list[dict[str, Any]] | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Rows whose image could not be read: ``id``, ``image``, ``reason`` (not scored)."""
+    unique_groups: dict[str, Any] | None = None
+    """:func:`unique_group_metrics` of the predictions (``vlmtune eval``)."""
     out: Path | None = None
     """Folder the results were written to (``run_eval``)."""
 
@@ -124,6 +135,38 @@ def evaluate_model(
         baseline_metrics(references(train), refs) if train is not None and len(train) else {}
     )
     return EvalResult(metrics=metrics, predictions=rows, baselines=baselines, skipped=skipped)
+
+
+def unique_group_metrics(
+    root: str | Path, split: str, predictions: list[dict[str, Any]], fields: tuple[str, ...]
+) -> dict[str, Any]:
+    """Metrics of the ``predictions`` whose duplicate group has rows in ``split`` only.
+
+    Returns ``recorded`` (False when the dataset has no ``duplicate_group`` column, with a
+    ``note``), ``rows`` (predictions in such groups), ``other_rows`` (in groups that reach
+    another split) and ``metrics`` (:func:`compute_metrics` of the former; None if none).
+    """
+    full = load_prepared(root)
+    frame = full.frame
+    if GROUP_COLUMN not in frame.columns:
+        return {"recorded": False, "note": "the dataset records no duplicate groups; "
+                "prepare it again with this vlmtune to have them"}  # fmt: skip
+    spread = frame.groupby(GROUP_COLUMN)["split"].nunique()
+    alone = set(spread.index[spread == 1])
+    inside = frame[(frame["split"] == split) & frame[GROUP_COLUMN].isin(alone)]
+    ids = set(inside[full.columns.id].astype(str))
+    chosen = [row for row in predictions if str(row["id"]) in ids]
+    metrics = None
+    if chosen:
+        refs = [row["reference"] for row in chosen]
+        parsed = [ParsedListing(**_parsed_fields(row["parsed"])) for row in chosen]
+        metrics = compute_metrics(refs, parsed, fields=fields)
+    return {
+        "recorded": True,
+        "rows": len(chosen),
+        "other_rows": len(predictions) - len(chosen),
+        "metrics": metrics,
+    }
 
 
 def make_generation_eval(

@@ -78,6 +78,8 @@ class ReportData:
     """Header facts: model, data, split, date ... (shown as given)."""
     max_samples: int = 1000
     """Rows shown in the samples table (the page says when there are more)."""
+    unique_groups: dict[str, Any] | None = None
+    """Metrics on the rows whose duplicate group is unique to the split (``unique_group_metrics``)."""
 
 
 def write_report(path: str | Path, data: ReportData) -> Path:
@@ -181,8 +183,12 @@ def _beats_baselines(
 
 
 def _metrics_view(data: ReportData) -> dict[str, Any]:
-    """Header labels and one row per metric: the model, base model and change, each baseline."""
+    """Header labels and one row per metric: the model (all rows, unique groups), base model and change, each baseline."""
     names = list(data.baselines)
+    groups = {"recorded": False, "note": "", "rows": 0, "other_rows": 0} | (
+        data.unique_groups or {}
+    )
+    unique = groups.get("metrics") if groups["recorded"] else None
     rows = []
     for key in (k for k in METRICS if k in data.metrics):
         value = data.metrics[key]
@@ -194,6 +200,8 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
             "css": {True: " ok", False: " bad", None: ""}[beats],
             "baselines": [format_metric(key, data.baselines[n].get(key)) for n in names],
         }
+        if unique is not None:
+            row["unique"] = _format(key, unique.get(key)) if key in unique else ""
         if data.base_metrics is not None:
             before = data.base_metrics.get(key)
             row["base"] = format_metric(key, before)
@@ -208,6 +216,8 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
         "with_base": data.base_metrics is not None,
         "rows": rows,
         "constants": constants,
+        "unique": groups,
+        "with_unique": unique is not None,
     }
 
 

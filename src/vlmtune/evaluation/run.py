@@ -15,7 +15,8 @@ cheap to say no, so that a typo costs a second and not a whole pass of the model
 Each refusal is a :class:`~vlmtune.utils.errors.UserError`: one line, exit 2.
 :func:`run_eval` then evaluates the model (and the base model) with
 :func:`~vlmtune.evaluation.evaluate.evaluate_model` and writes ``predictions.jsonl``,
-``metrics.json`` (``model``, ``baselines``, ``skipped``, ``base_model``, ``config``) and
+``metrics.json`` (``model``, ``baselines``, ``skipped``, ``unique_groups``: the metrics
+again on the rows whose duplicate group is wholly in the split, ``base_model``, ``config``) and
 ``report.html`` into a staging folder that replaces the output folder in one
 rename, so a failed or interrupted eval leaves an earlier output whole.
 """
@@ -35,7 +36,12 @@ import torch
 from vlmtune.data.prepared import PreparedDataset, PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import EvalArgs
-from vlmtune.evaluation.evaluate import EvalError, EvalResult, evaluate_model
+from vlmtune.evaluation.evaluate import (
+    EvalError,
+    EvalResult,
+    evaluate_model,
+    unique_group_metrics,
+)
 from vlmtune.evaluation.report import ReportData, find_training_log, read_training_log, write_report
 from vlmtune.inference.loading import ModelLocation, check_model, load_model_and_processor
 from vlmtune.utils.config import config_to_dict
@@ -129,6 +135,9 @@ def run_eval(args: EvalArgs) -> EvalResult:
     seed_everything(args.inference.seed)
     template = PromptTemplate(args.inference.prompt)
     result = _evaluate("model", plan.model, args, plan, template, plan.train)
+    result.unique_groups = unique_group_metrics(
+        args.data, args.split, result.predictions, tuple(template.args.fields)
+    )
     if plan.base_model is not None:
         base = _evaluate("base model", plan.base_model, args, plan, template, None)
         result.base_metrics, result.base_predictions = base.metrics, base.predictions
@@ -238,6 +247,7 @@ def _write_results(plan: EvalPlan, args: EvalArgs, result: EvalResult) -> Path:
         base_predictions=result.base_predictions,
         training_log=plan.training_log,
         info=_report_info(args, plan),
+        unique_groups=result.unique_groups,
     )
     with replace_dir(plan.out.path, "eval", plan.identity) as staging:
         _write_jsonl(staging / "predictions.jsonl", result.predictions)
@@ -254,6 +264,7 @@ def _metrics_document(args: EvalArgs, result: EvalResult) -> dict[str, Any]:
         "model": result.metrics,
         "baselines": result.baselines,
         "skipped": result.skipped,
+        "unique_groups": result.unique_groups,
     }
     if result.base_metrics is not None:
         doc["base_model"] = result.base_metrics
