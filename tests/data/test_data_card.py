@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +10,7 @@ import pytest
 from duplicate_catalog import LOOK_IDS, SPLIT, TWIN_IDS, planted_catalog
 from PIL import Image
 
+from browser import chromium, run_chromium
 from vlmtune.cli.main import main
 from vlmtune.data.card import CARD, render_card, summarise
 from vlmtune.data.catalog import CatalogColumns
@@ -82,28 +81,13 @@ def test_prepare_writes_a_self_contained_card_with_the_planted_groups(prepared):
     assert '<span id="bad-price">2</span>' in page  # the 0 and -5 prices, dropped at load
 
 
-def _chromium() -> str | None:
-    return next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-    )
-
-
-def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-    ]  # fmt: skip
-    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=90)
-
-
 @pytest.mark.slow
 def test_data_card_renders_with_its_plots_in_headless_chromium(prepared, tmp_path):
-    exe = _chromium()
+    exe = chromium()
     if exe is None:
         pytest.skip("chromium is not installed (apt-get install chromium): browser test not run")
     page = (prepared / CARD).as_uri()
-    dom = _run_chromium(exe, tmp_path / "profile", "--dump-dom", page)
+    dom = run_chromium(exe, tmp_path / "profile", "--dump-dom", page)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     plots = re.findall(r'<svg class="plot histogram" data-plot="(\w+)"', html)
@@ -112,7 +96,7 @@ def test_data_card_renders_with_its_plots_in_headless_chromium(prepared, tmp_pat
     assert categories > 5 and len(re.findall(r'<g class="box-row">', html)) == categories
     assert len(re.findall(r'<rect class="bar"', html)) > 20
     shot = tmp_path / "card.png"
-    result = _run_chromium(
+    result = run_chromium(
         exe, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,2600", page
     )
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]

@@ -201,7 +201,7 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
             "baselines": [format_metric(key, data.baselines[n].get(key)) for n in names],
         }
         if unique is not None:
-            row["unique"] = _format(key, unique.get(key)) if key in unique else ""
+            row["unique"] = format_metric(key, unique.get(key)) if key in unique else ""
         if data.base_metrics is not None:
             before = data.base_metrics.get(key)
             row["base"] = format_metric(key, before)
