@@ -14,6 +14,7 @@ each verb's YAML and can be copied from one to another::
       generation:
         batch_size: 8           # --batch-size
         max_new_tokens: 64      # --max-new-tokens
+        constrained: false      # --constrained (listing-constrained decoding)
       prompt:
         style: chat
 
@@ -45,12 +46,22 @@ class GenerationArgs:
     """Beam width; 1 is greedy (or sampling with ``do_sample``)."""
     do_sample: bool = False
     """Sample instead of taking the most likely token (non-deterministic unless seeded)."""
+    constrained: bool = flag("--constrained/--no-constrained", default=False)
+    """Force every listing into ``Product: <text>, Category: <a trained category>, Full Price:
+    <number>`` and its end token (llguidance, with the model's ``listing_schema.json``), so that
+    every output parses; ``max_new_tokens`` is raised to the longest listing the schema allows.
+    Greedy or sampling only (not beam search). Off for eval and predict, on for serve."""
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "num_beams"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.constrained and self.num_beams > 1:
+            raise ValueError(
+                f"constrained: works with greedy decoding or sampling, not num_beams={self.num_beams}; "
+                "set num_beams=1 or constrained=false"
+            )
 
 
 @dataclass
