@@ -75,6 +75,10 @@ class ReportData:
     """Header facts: model, data, split, date ... (shown as given)."""
     max_samples: int = 1000
     """Rows shown in the samples table (the page says when there are more)."""
+    decoding: str = "unconstrained"
+    """How the listings were decoded: ``constrained`` (listing pattern enforced) or ``unconstrained``."""
+    compared: dict[str, float] | None = None
+    """``eval --compare-constrained``: the model's metrics decoded the other way (a column beside)."""
 
 
 def write_report(path: str | Path, data: ReportData) -> Path:
@@ -188,6 +192,8 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
             "css": {True: " ok", False: " bad", None: ""}[beats],
             "baselines": [_format(key, data.baselines[n].get(key)) for n in names],
         }
+        if data.compared is not None:
+            row["compared"] = _format(key, data.compared.get(key))
         if data.base_metrics is not None:
             before = data.base_metrics.get(key)
             row["base"] = _format(key, before)
@@ -200,6 +206,10 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
     return {
         "baseline_labels": [f"Baseline: {BASELINE_LABELS.get(n, n)}" for n in names],
         "with_base": data.base_metrics is not None,
+        "decoding": data.decoding,
+        "compared": None
+        if data.compared is None
+        else ("unconstrained" if data.decoding == "constrained" else "constrained"),
         "rows": rows,
         "constants": constants,
     }

@@ -80,12 +80,17 @@ class InferenceArgs:
     """Decoding settings."""
     prompt: PromptArgs = field(default_factory=PromptArgs)
     """The prompt the model was trained with (style, question, fields)."""
+    schema_from: Path | None = flag("--schema-from", default=None)
+    """Prepared dataset whose train split gives the listing schema of constrained decoding
+    (known categories, price format); default: the model folder's ``listing_schema.json``."""
 
     def __post_init__(self) -> None:
         if self.model is not None:
             if not str(self.model).strip():
                 raise ValueError("model: must not be empty (a checkpoint, adapter or run folder)")
             self.model = Path(self.model)
+        if self.schema_from is not None:
+            self.schema_from = Path(self.schema_from)
 
     def require_model(self) -> Path:
         """The model path; raises ``ValueError`` (reported with the key) when none was given."""

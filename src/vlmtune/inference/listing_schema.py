@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmtune.data.prepared import PreparedDataset
+from vlmtune.data.prepared import PreparedDataset, PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import FIELD_LABELS, PromptArgs, format_price, parse_listing
 from vlmtune.utils.errors import UserError
 from vlmtune.utils.io import atomic_write_json
@@ -41,6 +41,7 @@ __all__ = [
     "find_schema",
     "listing_regex",
     "load_schema",
+    "resolve_schema",
     "save_schema",
     "schema_from_dataset",
     "schema_from_records",
@@ -149,6 +150,30 @@ def find_schema(*folders: Path | None) -> ListingSchema | None:
         if folder is not None and (Path(folder) / SCHEMA_FILE).is_file():
             return load_schema(Path(folder) / SCHEMA_FILE)
     return None
+
+
+def resolve_schema(
+    model_dir: Path, schema_from: Path | None = None, prompt: PromptArgs | None = None
+) -> ListingSchema:
+    """The schema constrained decoding uses: the ``train`` split of the prepared dataset
+    ``schema_from`` when given, else ``model_dir/listing_schema.json``.
+
+    Raises a one-line :class:`ListingSchemaError` naming the fix when there is neither (and
+    the dataset's own error when ``schema_from`` is not a prepared dataset with a train split).
+    """
+    if schema_from is not None:
+        try:
+            return schema_from_dataset(load_prepared(schema_from, "train"), prompt)
+        except PreparedDatasetError as err:
+            raise ListingSchemaError(f"--schema-from: {err}") from None
+    schema = find_schema(model_dir)
+    if schema is None:
+        raise ListingSchemaError(
+            f"constrained decoding needs a listing schema, and {str(model_dir)!r} has no "
+            f"{SCHEMA_FILE} (models trained by `vlmtune train` have one); give the dataset it "
+            "was trained on with --schema-from DATA, or set generation.constrained=false"
+        )
+    return schema
 
 
 def listing_regex(schema: ListingSchema) -> str:
