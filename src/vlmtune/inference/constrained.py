@@ -52,6 +52,12 @@ class ListingConstraint:
             )
         self._executor = llguidance.LLExecutor()
 
+    def accepts(self, token_ids: list[int]) -> bool:
+        """True when ``token_ids`` are a complete listing followed by the end token."""
+        matcher = self._matcher.deep_copy()
+        ok = matcher.consume_tokens([*token_ids, self.end_token_id])
+        return ok and matcher.is_stopped() and not matcher.is_error()
+
     def processor(self, batch_size: int) -> ListingLogitsProcessor:
         """A fresh processor for one ``generate`` call over ``batch_size`` rows."""
         matchers = [self._matcher.deep_copy() for _ in range(batch_size)]
