@@ -50,7 +50,6 @@ class ListingConstraint:
             raise ValueError(
                 f"llguidance cannot compile the listing regex: {self._matcher.get_error()}"
             )
-        self._executor = llguidance.LLExecutor()
 
     def accepts(self, token_ids: list[int]) -> bool:
         """True when ``token_ids`` are a complete listing followed by the end token."""
@@ -61,7 +60,7 @@ class ListingConstraint:
     def processor(self, batch_size: int) -> ListingLogitsProcessor:
         """A fresh processor for one ``generate`` call over ``batch_size`` rows."""
         matchers = [self._matcher.deep_copy() for _ in range(batch_size)]
-        return ListingLogitsProcessor(matchers, self.vocab_size, self._executor, self.end_token_id)
+        return ListingLogitsProcessor(matchers, self.vocab_size, self.end_token_id)
 
 
 class ListingLogitsProcessor(LogitsProcessor):
@@ -71,12 +70,9 @@ class ListingLogitsProcessor(LogitsProcessor):
     (embedding rows a model pads its vocabulary with) are never allowed.
     """
 
-    def __init__(
-        self, matchers: list[Any], vocab_size: int, executor: Any, end_token_id: int
-    ) -> None:
+    def __init__(self, matchers: list[Any], vocab_size: int, end_token_id: int) -> None:
         self.matchers = matchers
         self.vocab_size = vocab_size
-        self.executor = executor
         self.end_token_id = end_token_id
         self._done = [False] * len(matchers)
         self._prompt_len: int | None = None
@@ -104,8 +100,8 @@ class ListingLogitsProcessor(LogitsProcessor):
             if not self._done[row]:
                 live.append((matcher, row))
         self._bitmask.fill_(-1)  # finished rows: anything (generate pads them anyway)
-        if live:
-            llguidance.torch.fill_next_token_bitmask_par(self.executor, live, self._bitmask)
+        for matcher, row in live:  # one thread: llguidance's pool stalls on a busy 2-core machine
+            llguidance.torch.fill_next_token_bitmask(matcher, self._bitmask, row)
         allowed = _unpack(self._bitmask, self.vocab_size).to(scores.device)
         width = scores.shape[-1]
         if width > self.vocab_size:
