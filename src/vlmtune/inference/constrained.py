@@ -22,6 +22,7 @@ from typing import Any
 import llguidance
 import llguidance.hf
 import llguidance.torch
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -102,12 +103,7 @@ class ListingLogitsProcessor(LogitsProcessor):
         self._bitmask.fill_(-1)  # finished rows: anything (generate pads them anyway)
         for matcher, row in live:  # one thread: llguidance's pool stalls on a busy 2-core machine
             llguidance.torch.fill_next_token_bitmask(matcher, self._bitmask, row)
-        allowed = _unpack(self._bitmask, self.vocab_size).to(scores.device)
-        width = scores.shape[-1]
-        if width > self.vocab_size:
-            pad = torch.zeros(allowed.shape[0], width - self.vocab_size, dtype=torch.bool)
-            allowed = torch.cat([allowed, pad.to(scores.device)], dim=1)
-        return scores.masked_fill(~allowed[:, :width], float("-inf"))
+        return _mask(scores, _allowed(self._bitmask, self.vocab_size))
 
 
 def max_listing_tokens(schema: ListingSchema) -> int:
@@ -134,10 +130,24 @@ def _ll_tokenizer(tokenizer: Any, end_token_id: int) -> Any:
     return by_end[end_token_id]
 
 
-_BITS = torch.arange(32, dtype=torch.int32)
+def _allowed(bitmask: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """``(batch, words)`` int32 bitmask -> ``(batch, vocab_size)`` bool: token ``i`` is bit ``i % 32``
+    of word ``i // 32`` (little-endian words, so bit ``i % 8`` of byte ``i // 8``)."""
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
+    return bits[:, :vocab_size].astype(bool)
 
 
-def _unpack(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``(batch, words)`` int32 bitmask -> ``(batch, vocab_size)`` bool, bit ``i % 32`` of word ``i // 32``."""
-    bits = (bitmask.unsqueeze(-1) >> _BITS) & 1
-    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
+def _mask(scores: torch.Tensor, allowed: np.ndarray) -> torch.Tensor:
+    """``scores`` with every token not ``allowed`` (and every id past the vocabulary) at -inf.
+
+    On CPU in place through numpy: torch's element-wise kernels spin their thread pool, which
+    costs more than the mask itself on a shared machine."""
+    vocab = allowed.shape[1]
+    if scores.device.type == "cpu":
+        view = scores.detach().numpy()
+        view[:, vocab:] = -np.inf
+        view[:, :vocab][~allowed[:, : view.shape[1]]] = -np.inf
+        return scores
+    keep = torch.zeros(scores.shape, dtype=torch.bool)
+    keep[:, :vocab] = torch.from_numpy(allowed[:, : scores.shape[1]])
+    return scores.masked_fill_(~keep.to(scores.device), float("-inf"))
