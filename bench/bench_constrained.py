@@ -8,7 +8,12 @@ exactly the same number of steps over the same prompts; the two alternate ``--re
 and the medians are compared. Also reported: the time spent inside the logits processor per
 step (mask computation and application), and that every constrained listing parses.
 
-Run: ``python bench/bench_constrained.py [--images 8] [--repeats 3] [--threads 1] [--model RUN]``
+With ``--tokenizer DIR`` (e.g. the real Phi-3-V tokenizer in ``../shared/golden/phi3v/checkpoint``)
+the logits processor alone is timed on that vocabulary: ``--images`` rows stepping through a
+training listing's tokens, milliseconds per step (no model of that size runs here).
+
+Run: ``python bench/bench_constrained.py [--images 8] [--repeats 3] [--threads 1] [--model RUN]
+[--tokenizer DIR]``
 """
 
 from __future__ import annotations
@@ -100,6 +105,37 @@ def _run(model: Any, processor: Any, images: list, schema: Any, repeats: int) ->
     }
 
 
+def _processor_only(folder: Path, rows: int, repeats: int) -> str:
+    """Milliseconds per step of the logits processor alone over a listing, on ``folder``'s tokenizer."""
+    from vlmtune.models.phi3v import Phi3VProcessor
+
+    tokenizer = Phi3VProcessor.from_pretrained(folder).tokenizer
+    template, schema = PromptTemplate(), _bench_schema()
+    start = time.perf_counter()
+    constraint = listing_constraint(tokenizer, schema, stop_token_ids(tokenizer)[0])
+    built = time.perf_counter() - start
+    prompt = template.prompt(tokenizer)
+    answer = template.answer({"title": "Check Wool Scarf", "category": "scarves", "price": 137.0})
+    skip = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    tokens = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"][skip:]
+    vocab = len(tokenizer) + 19  # Phi-3-V's logits are 32064 wide for a 32045-token vocabulary
+    times = []
+    for _ in range(repeats + 1):
+        processor = constraint.processor(rows)
+        ids = torch.zeros(rows, 4, dtype=torch.long)
+        processor(ids, torch.zeros(rows, vocab))
+        start = time.perf_counter()
+        for token in tokens:
+            ids = torch.cat([ids, torch.full((rows, 1), token)], dim=1)
+            processor(ids, torch.zeros(rows, vocab))
+        times.append((time.perf_counter() - start) / len(tokens))
+    return (
+        f"{folder}: vocabulary {len(tokenizer)}, {rows} rows, {len(tokens)} steps: "
+        f"**{1000 * statistics.median(times[1:]):.2f} ms per step** (median of {repeats}; first "
+        f"pass {1000 * times[0]:.2f} ms); llguidance's tokenizer built in {built:.1f} s (once)"
+    )
+
+
 def _row(name: str, r: dict) -> str:
     return (
         f"| {name} | {r['vocab']} | {r['categories']} | {r['steps']} | "
@@ -114,6 +150,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--model", type=Path, action="append", default=[], help="a trained model")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="time the processor alone")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     images = _images(opts.images)
@@ -134,6 +171,8 @@ def main() -> None:
         model, processor = load_model_and_processor(path, device="cpu")
         schema = resolve_schema(resolve_model_dir(path).model_dir)
         print(_row(str(path), _run(model, processor, images, schema, opts.repeats)))
+    if opts.tokenizer is not None:
+        print(_processor_only(opts.tokenizer, opts.images, opts.repeats))
 
 
 if __name__ == "__main__":
