@@ -35,6 +35,7 @@ from vlmtune.data.prompts import ParsedListing, PromptTemplate, record_from_row
 from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics, score_row
 from vlmtune.inference.args import GenerationArgs
 from vlmtune.inference.generate import GenerationEval, check_image, generate_listings
+from vlmtune.inference.listing_schema import ListingSchema
 from vlmtune.utils.errors import UserError
 from vlmtune.utils.logging import get_logger
 
@@ -73,6 +74,10 @@ class EvalResult:
     """:func:`unique_group_metrics` of the predictions (``vlmtune eval``)."""
     out: Path | None = None
     """Folder the results were written to (``run_eval``)."""
+    decoding: str = "unconstrained"
+    """``constrained`` when the listings were forced into the listing pattern, else ``unconstrained``."""
+    compared: dict[str, float] | None = None
+    """``eval --compare-constrained``: the model's metrics decoded the other way."""
 
 
 def references(dataset: PreparedDataset, limit: int | None = None) -> list[dict[str, Any]]:
@@ -110,11 +115,13 @@ def evaluate_model(
     gen: GenerationArgs | None = None,
     train: PreparedDataset | None = None,
     limit: int | None = None,
+    schema: ListingSchema | None = None,
 ) -> EvalResult:
     """Generate a listing for the first ``limit`` rows of ``dataset`` and score it.
 
     The model is put in eval mode for the duration (and back to train mode if it
-    was training); gradients are off. Baselines come from ``train`` when given.
+    was training); gradients are off. Baselines come from ``train`` when given;
+    ``schema`` is the listing schema of constrained decoding (``gen.constrained``).
     """
     gen = gen or GenerationArgs()
     refs = references(dataset, limit)
@@ -123,7 +130,7 @@ def evaluate_model(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        rows, skipped = _generate_rows(model, processor, dataset, refs, template, gen)
+        rows, skipped = _generate_rows(model, processor, dataset, refs, template, gen, schema)
     finally:
         if was_training:
             model.train()
@@ -134,7 +141,10 @@ def evaluate_model(
     baselines = (
         baseline_metrics(references(train), refs) if train is not None and len(train) else {}
     )
-    return EvalResult(metrics=metrics, predictions=rows, baselines=baselines, skipped=skipped)
+    decoding = "constrained" if gen.constrained else "unconstrained"
+    return EvalResult(
+        metrics=metrics, predictions=rows, baselines=baselines, skipped=skipped, decoding=decoding
+    )
 
 
 def unique_group_metrics(
@@ -200,6 +210,7 @@ def _generate_rows(
     refs: list[dict[str, Any]],
     template: PromptTemplate,
     gen: GenerationArgs,
+    schema: ListingSchema | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Prediction rows of the readable images, and the rows skipped with their reason."""
     paths = dataset.image_paths()[: len(refs)]
@@ -215,7 +226,7 @@ def _generate_rows(
             except EvalError as err:
                 log.warning("skipping row %s: %s", ids[i], err)
                 skipped.append({"id": ids[i], "image": str(paths[i]), "reason": str(err)})
-        texts = generate_listings(model, processor, images, template, gen) if images else []
+        texts = generate_listings(model, processor, images, template, gen, schema) if images else []
         for i, text in zip(kept, texts, strict=True):
             rows.append(
                 prediction_row(ids[i], paths[i], refs[i], text, template.parse(text), template)

@@ -80,6 +80,10 @@ class ReportData:
     """Rows shown in the samples table (the page says when there are more)."""
     unique_groups: dict[str, Any] | None = None
     """Metrics on the rows whose duplicate group is unique to the split (``unique_group_metrics``)."""
+    decoding: str = "unconstrained"
+    """How the listings were decoded: ``constrained`` (listing pattern enforced) or ``unconstrained``."""
+    compared: dict[str, float] | None = None
+    """``eval --compare-constrained``: the model's metrics decoded the other way (a column beside)."""
 
 
 def write_report(path: str | Path, data: ReportData) -> Path:
@@ -202,6 +206,8 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
         }
         if unique is not None:
             row["unique"] = format_metric(key, unique.get(key)) if key in unique else ""
+        if data.compared is not None:
+            row["compared"] = format_metric(key, data.compared.get(key))
         if data.base_metrics is not None:
             before = data.base_metrics.get(key)
             row["base"] = format_metric(key, before)
@@ -214,6 +220,10 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
     return {
         "baseline_labels": [f"Baseline: {BASELINE_LABELS.get(n, n)}" for n in names],
         "with_base": data.base_metrics is not None,
+        "decoding": data.decoding,
+        "compared": None
+        if data.compared is None
+        else ("unconstrained" if data.decoding == "constrained" else "constrained"),
         "rows": rows,
         "constants": constants,
         "unique": groups,

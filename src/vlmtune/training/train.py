@@ -26,6 +26,8 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlmtune.data.collator import VisionSFTCollator
+from vlmtune.data.prepared import load_prepared
+from vlmtune.inference.listing_schema import schema_from_dataset
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import build_datasets, build_model, load_processor
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
@@ -128,6 +130,9 @@ def _setup(
         generation_eval=generation_eval,
         max_bad_image_fraction=config.data.max_bad_image_fraction,
         bad_before_training=[s for s in datasets.left_out if s.reason == "bad_image"],
+        listing_schema=schema_from_dataset(
+            load_prepared(config.data.path, config.data.train_split), config.data.prompt
+        ),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsJsonlCallback logs the events instead
     return trainer, summary
