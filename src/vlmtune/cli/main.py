@@ -1,6 +1,6 @@
 """The ``vlmtune`` command: one sub-command per verb of the pipeline.
 
-    synth -> prepare -> init-model -> (plan) -> train -> eval / predict -> merge;  demo runs them all.
+    synth -> prepare -> init-model -> (plan) -> train -> eval / predict / serve -> merge;  demo runs them all.
 
 Each verb lives in its own module (``vlmtune.cli.<verb>``) declaring ``CONFIG``
 (its typed configuration, whose ``flag()`` fields become its options) and
@@ -43,6 +43,7 @@ VERBS: list[tuple[str, str]] = [
     ("train", "train"),
     ("eval", "eval"),
     ("predict", "predict"),
+    ("serve", "serve"),
     ("merge", "merge"),
     ("demo", "demo"),
 ]
