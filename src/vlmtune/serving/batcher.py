@@ -111,6 +111,8 @@ class Batcher:
             self._items.extend(_Item(im, f, now) for im, f in zip(images, futures, strict=True))
             self.metrics.queue_depth = len(self._items)
             self._cond.notify_all()
+        for future in futures:
+            future.add_done_callback(self._forget)
         return futures
 
     def wait_for_depth(self, depth: int, timeout: float | None = None) -> bool:
@@ -131,6 +133,13 @@ class Batcher:
                 item.future.set_exception(ServerClosing("the server stopped before generating it"))
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def _forget(self, future: Future[BatchResult]) -> None:
+        """Drop a cancelled image from the queue, so it frees its place at once."""
+        if future.cancelled():
+            with self._cond:
+                self._items = deque(item for item in self._items if item.future is not future)
+                self.metrics.queue_depth = len(self._items)
 
     # ------------------------------------------------------------------ worker
 
