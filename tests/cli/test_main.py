@@ -21,6 +21,7 @@ VERBS = [
     "demo",
     "serve-images",
     "plan",
+    "serve",
 ]
 
 

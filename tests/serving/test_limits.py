@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import struct
 import threading
 import zlib
@@ -208,3 +209,24 @@ def test_remote_images_only_when_allowed_and_through_the_url_policy(serve):
             assert metadata.status_code == 400 and "forbidden address" in metadata.text
     finally:
         http.shutdown()
+
+
+@pytest.mark.slow
+def test_a_slow_client_does_not_block_others_and_meets_the_deadline(serve):
+    server = serve(timeout=5)
+    port = int(server.url.rsplit(":", 1)[1])
+    body = b"--b\r\nContent-Disposition: form-data; name=images; filename=p.png\r\n\r\n" + PNG
+    head = (
+        "POST /v1/listings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {len(body) + 100}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+        slow.sendall(head + body[:50])  # and nothing more: an upload that stalls
+        other = httpx.post(
+            server.url + "/v1/listings", files=[("images", ("a.png", PNG, "image/png"))], timeout=60
+        )
+        assert other.status_code == 200 and other.json()["listings"][0]["parsed"]
+        answer = slow.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 504"), answer
+    assert b"deadline" in answer

@@ -11,7 +11,7 @@ generation, prompt); the model may be given as the positional ``MODEL`` or as
         max_new_tokens: 64
     host: 127.0.0.1             # --host
     port: 8000                  # --port
-    max_batch: 8                # --max-batch
+    max_batch: 8                # --max-batch (= inference.generation.batch_size)
     max_wait_ms: 10             # --max-wait-ms
     max_queue: 64               # --max-queue
 """
@@ -38,14 +38,14 @@ class ServeArgs:
     model: Path | None = flag(argument=True, default=None)
     """Model to serve: a checkpoint, a PEFT adapter or a training run folder (as ``predict`` takes)."""
     inference: InferenceArgs = field(default_factory=InferenceArgs)
-    """How the model runs (device, dtype, generation, prompt); ``generation.batch_size`` is
-    replaced by ``max_batch``."""
+    """How the model runs (device, dtype, generation, prompt), as in ``eval`` and ``predict``."""
     host: str = flag("--host", default="127.0.0.1")
     """Address to listen on (``0.0.0.0`` for every interface; then set an API key)."""
     port: int = flag("--port", default=8000)
     """TCP port to listen on (0 picks a free one, printed at start)."""
-    max_batch: int = flag("--max-batch", default=8)
-    """Most images generated together in one batch."""
+    max_batch: int | None = flag("--max-batch", default=None)
+    """Most images generated together in one batch (default: ``inference.generation.batch_size``,
+    8; either sets both)."""
     max_wait_ms: float = flag("--max-wait-ms", default=10.0)
     """How long the worker waits for more images after the first one of a batch arrives."""
     max_queue: int = flag("--max-queue", default=64)
@@ -75,6 +75,9 @@ class ServeArgs:
         if self.model is None:
             raise ValueError("model: required (a checkpoint, adapter or run folder: serve MODEL)")
         self.inference.model = self.model
+        if self.max_batch is None:
+            self.max_batch = self.inference.generation.batch_size
+        self.inference.generation.batch_size = self.max_batch
         positive = ("max_batch", "max_queue", "max_images", "max_pixels")
         for name in positive:
             value = getattr(self, name)

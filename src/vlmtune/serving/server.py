@@ -19,7 +19,6 @@ import errno
 import signal
 import socket
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -83,8 +82,8 @@ def listing_generator(
     model: Any, processor: Any, template: PromptTemplate, args: ServeArgs
 ) -> Callable[[list[Image.Image]], list[str]]:
     """``images -> texts`` in one ``generate`` call, with the user's generation settings
-    (``inference.generation``) and ``max_batch`` as the batch size."""
-    generation = replace(args.inference.generation, batch_size=args.max_batch)
+    (``inference.generation``; its batch size is ``max_batch``)."""
+    generation = args.inference.generation
     model.eval()
 
     def run_batch(images: list[Image.Image]) -> list[str]:
