@@ -163,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     info = machine_info() | {
         "torch": torch.__version__,
-        "torch_threads": str(torch.get_num_threads()),
+        "server_torch_threads": str(args.threads),
     }
     print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
     with tempfile.TemporaryDirectory() as tmp:

@@ -115,15 +115,16 @@ def test_health_metrics_and_page_files(serve):
 
 
 @pytest.mark.slow
-def test_api_key_on_every_endpoint_but_health(serve, monkeypatch):
+def test_api_key_on_every_endpoint_but_health_and_the_page(serve, monkeypatch):
     monkeypatch.setenv("VLMTUNE_API_KEY", "from-the-env")
     server = serve(api_key="s3cret-key")
     image = {"images": [_data_url(png_bytes(COLORS[0]))]}
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        assert client.get("/health").status_code == 200
+        for open_path in ("/health", "/", "/static/page.js"):  # no data in them
+            assert client.get(open_path).status_code == 200, open_path
         for method, path, body in (
-            ("GET", "/", None),
             ("GET", "/metrics", None),
+            ("GET", "/static/other.js", None),
             ("POST", "/v1/listings", image),
             ("POST", "/v1/chat/completions", {"messages": []}),
         ):

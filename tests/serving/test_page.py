@@ -57,3 +57,25 @@ def test_two_photos_two_listings_and_the_csv(serve, tmp_path):
         ["scarf.png", expected.title, expected.category, price, LISTING, ""],
         ["tote.png", "Leather Tote, brown", expected.category, price, LISTING, ""],
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs the system chromium")
+def test_the_page_sends_the_api_key_typed_into_it(serve, tmp_path):
+    server = serve(api_key="page-key")
+    photo = tmp_path / "scarf.png"
+    photo.write_bytes(png_bytes(COLORS[2]))
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")  # the page itself loads without the key
+            page.set_input_files("#files", [str(photo)])
+            failed = page.locator(".card.failed .state")
+            playwright_api.expect(failed).to_contain_text("API key", timeout=60_000)
+            page.fill("#apikey", "page-key")
+            page.set_input_files("#files", [str(photo)])
+            playwright_api.expect(page.locator(".card.done")).to_have_count(1, timeout=60_000)
+            assert page.locator(".card.done .title").input_value() == parse_listing(LISTING).title
+        finally:
+            browser.close()

@@ -11,7 +11,8 @@ Endpoints:
   one the model was trained with, so the user's text is not sent to the model;
 - ``GET /health``: model loaded and queue depth (never needs the API key);
 - ``GET /metrics``: Prometheus text;
-- ``GET /``: the web page (``/static/page.css``, ``/static/page.js``).
+- ``GET /``: the web page (``/static/page.css``, ``/static/page.js``); it loads without the
+  API key (it holds no data) and sends the key typed into it with its API calls.
 
 Every refusal is JSON in OpenAI's error shape (``{"error": {"message", "type", "code"}}``)
 with its status: 400 bad input, 401 missing or wrong API key, 413 body or image count over
@@ -49,6 +50,9 @@ __all__ = ["ApiError", "ServeState", "create_app"]
 _PAGE_FILES = {"page.css": "text/css", "page.js": "text/javascript"}
 _ENDPOINTS = ("/", "/health", "/metrics", "/v1/listings", "/v1/chat/completions")
 _RETRY_AFTER = "1"
+_OPEN = frozenset({"/health", "/", "/static/page.css", "/static/page.js"})
+"""Paths served without the API key: the health check, and the page, which holds no data (a
+browser cannot send a Bearer token when it opens a URL; the page sends the key it is given)."""
 
 
 class ApiError(Exception):
@@ -332,7 +336,7 @@ async def _too_large(request: Request, err: Exception) -> JSONResponse:
 
 class _Gate:
     """ASGI middleware: counts responses per endpoint and status, checks the API key
-    (every path but ``/health``) and caps the body (``Content-Length`` and the bytes read)."""
+    (every path but ``/health`` and the page's files) and caps the body (``Content-Length`` and the bytes read)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], state: ServeState) -> None:
         self.app, self.state = app, state
@@ -365,7 +369,7 @@ class _Gate:
 
     def _refusal(self, scope: dict, path: str) -> JSONResponse | None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        if self._key is not None and path != "/health" and scope["method"] != "OPTIONS":
+        if self._key is not None and path not in _OPEN and scope["method"] != "OPTIONS":
             given = headers.get("authorization", b"")
             scheme, _, token = given.partition(b" ")
             if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)):
