@@ -227,6 +227,20 @@ def test_a_slow_client_does_not_block_others_and_meets_the_deadline(serve):
             server.url + "/v1/listings", files=[("images", ("a.png", PNG, "image/png"))], timeout=60
         )
         assert other.status_code == 200 and other.json()["listings"][0]["parsed"]
-        answer = slow.recv(65536)
+        answer = _response(slow)
     assert answer.startswith(b"HTTP/1.1 504"), answer
     assert b"deadline" in answer
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers and the Content-Length bytes of its body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(
+        line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    ))  # fmt: skip
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body

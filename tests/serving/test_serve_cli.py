@@ -114,3 +114,7 @@ def test_busy_port_and_wrong_model_are_one_line_errors(loaded, tmp_path, capsys)
     )
     assert main(["serve", str(loaded.path), "--max-images", "9", "--max-queue", "4"]) == 2
     assert "max_images: 9 exceeds max_queue 4" in capsys.readouterr().err
+    assert main(["serve", str(loaded.path), "--model", str(tmp_path)]) == 2
+    assert "model: given twice" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "model: required" in capsys.readouterr().err

@@ -8,7 +8,9 @@ Endpoints:
 - ``POST /v1/chat/completions``: OpenAI's chat completions with one image given as an
   ``image_url`` content part (a ``data:image/...;base64,`` URL; http(s) only with
   ``--allow-remote-images``); the answer is the model's listing text. The prompt is the
-  one the model was trained with, so the user's text is not sent to the model;
+  one the model was trained with, so the user's text is not sent to the model, and decoding
+  follows the server's ``inference.generation`` (``max_tokens``, ``temperature``... are ignored:
+  requests generated in one batch share one decoding);
 - ``GET /health``: model loaded and queue depth (never needs the API key);
 - ``GET /metrics``: Prometheus text;
 - ``GET /``: the web page (``/static/page.css``, ``/static/page.js``); it loads without the
