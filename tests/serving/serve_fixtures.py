@@ -55,13 +55,21 @@ class GatedGenerate:
         self.gated = False
         self.entered = threading.Event()
         self.go = threading.Event()
+        self.fail_next = False
+        self.finished = threading.Event()
 
     def __call__(self, images: list[Image.Image]) -> list[str]:
         self.calls.append(len(images))
         self.entered.set()
         if self.gated:
             assert self.go.wait(60), "the test never said go"
-        return self.inner(images)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("out of memory (a test's failure)")
+        try:
+            return self.inner(images)
+        finally:
+            self.finished.set()
 
 
 @dataclass

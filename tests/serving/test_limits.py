@@ -148,7 +148,7 @@ def test_concurrent_requests_are_batched_with_the_same_texts(serve):
 
 @pytest.mark.slow
 def test_a_full_queue_is_503_with_retry_after_and_a_late_request_504(serve):
-    server = serve(max_queue=2, max_images=2, timeout=1.5)
+    server = serve(max_queue=2, max_images=2, timeout=2.5)
     server.generate.gated = True
     one = [("images", ("p.png", PNG, "image/png"))]
     with ThreadPoolExecutor(3) as pool, httpx.Client(base_url=server.url, timeout=60) as client:
@@ -159,12 +159,13 @@ def test_a_full_queue_is_503_with_retry_after_and_a_late_request_504(serve):
         busy = client.post("/v1/listings", files=one)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert "server busy" in busy.json()["error"]["message"]
-        # the held and queued requests pass the 1.5 s deadline while the worker is held
+        # the held and queued requests pass the 2.5 s deadline while the worker is held
         for future in [held, *queued]:
             late = future.result()
             assert late.status_code == 504 and "deadline" in late.json()["error"]["message"]
         assert server.state.batcher.depth == 0  # the timed-out images left the queue
         server.generate.go.set()
+        assert server.generate.finished.wait(60)  # the held batch is done: the worker is free
         assert client.get("/health").json()["queue_depth"] == 0
         again = client.post("/v1/listings", files=one)
         assert again.status_code == 200
@@ -244,3 +245,17 @@ def _response(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.slow
+def test_a_failed_generation_is_500_and_the_next_request_is_served(serve):
+    server = serve()
+    one = [("images", ("p.png", PNG, "image/png"))]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        server.generate.fail_next = True
+        failed = client.post("/v1/listings", files=one)
+        assert failed.status_code == 500
+        assert failed.json()["error"]["message"] == (
+            "generation failed: RuntimeError: out of memory (a test's failure)"
+        )
+        assert client.post("/v1/listings", files=one).status_code == 200

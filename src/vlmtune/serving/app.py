@@ -157,11 +157,11 @@ async def _request_images(state: ServeState, request: Request) -> list[tuple[str
     """(name, bytes or base64 text) per image of the request, at most ``max_images``."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        form = await request.form(max_files=1000, max_fields=1000)
         named: list[tuple[str, Any]] = []
-        for _, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                named.append((value.filename or f"image {len(named) + 1}", await value.read()))
+        async with request.form(max_files=1000, max_fields=1000) as form:  # closes spooled files
+            for _, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    named.append((value.filename or f"image {len(named) + 1}", await value.read()))
     elif kind == "application/json":
         body = await _json_body(request)
         raw = body.get("images", [body["image"]] if "image" in body else None)
@@ -279,6 +279,10 @@ async def _generate(state: ServeState, images: list[Image.Image]) -> list[BatchR
         return list(await asyncio.gather(*waiting))
     except ServerClosing as err:
         raise ApiError(503, str(err), {"Retry-After": _RETRY_AFTER}) from None
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:  # the model failed on this batch; the worker goes on
+        raise ApiError(500, f"generation failed: {type(err).__name__}: {err}") from None
     finally:
         for future in waiting:  # on a deadline or a failure, drop what is still queued
             future.cancel()
