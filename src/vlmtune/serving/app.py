@@ -291,7 +291,7 @@ async def _generate(state: ServeState, images: list[Image.Image]) -> list[BatchR
 async def _within_deadline(state: ServeState, work: Awaitable[JSONResponse]) -> JSONResponse:
     try:
         return await asyncio.wait_for(work, state.args.timeout)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
         raise ApiError(
             504, f"the request took longer than the server's {state.args.timeout:g} s deadline"
         ) from None
