@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tiny_model import tiny_overrides
 from vlmtune.cli.main import main
 from vlmtune.cli.train import generation_eval_for
 from vlmtune.inference.loading import load_model_and_processor
@@ -51,8 +52,7 @@ def inputs(tmp_path_factory):
         )
         == 0
     )
-    sizes = ["hidden_size=32", "num_hidden_layers=2", "num_attention_heads=4", "intermediate_size=64",
-             "vision_hidden_size=32", "vision_intermediate_size=64", "crop_size=56", "vocab_size=400"]  # fmt: skip
+    sizes = tiny_overrides()
     assert (
         main(["init-model", "--data", str(root / "data"), "--out", str(root / "ckpt"), *sizes]) == 0
     )

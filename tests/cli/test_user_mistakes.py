@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tiny_model import tiny_overrides
 from vlmtune.cli.main import main
 
-SIZES = ["hidden_size=32", "num_hidden_layers=2", "num_attention_heads=4", "intermediate_size=64",
-         "vision_hidden_size=32", "vision_intermediate_size=64", "crop_size=56", "vocab_size=400"]  # fmt: skip
+SIZES = tiny_overrides()
 TRAIN = ["train.max_steps=2", "train.per_device_batch_size=4", "train.eval_steps=0",
          "train.save_steps=2", "train.report_to=none", "model.num_crops=1"]  # fmt: skip
 

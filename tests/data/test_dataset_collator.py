@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny_model import tiny_sizes
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import (
     IGNORE_INDEX,
@@ -37,10 +38,8 @@ def inputs(tmp_path_factory):
         PrepareArgs(source=str(csv), out=data, split="1.0,0.0,0.0", progress=False, concurrency=2)
     )
     ckpt = init_model(
-        InitModelArgs(data=data, out=root / "ckpt", vocab_size=400, hidden_size=32, num_hidden_layers=1,
-                      num_attention_heads=4, intermediate_size=64, vision_hidden_size=32,
-                      vision_intermediate_size=64, crop_size=56, num_crops=4)
-    )  # fmt: skip
+        InitModelArgs(data=data, out=root / "ckpt", **tiny_sizes(num_hidden_layers=1, num_crops=4))
+    )
     return data, Phi3VProcessor.from_pretrained(ckpt)
 
 

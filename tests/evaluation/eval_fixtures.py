@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from tiny_model import tiny_sizes
 from vlmtune.data.prompts import END_TOKEN, PromptTemplate
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.training.init_model import InitModelArgs, init_model
@@ -123,22 +124,7 @@ def train_to_answer(
 def build_eval_inputs(root: Path) -> EvalInputs:
     """Dataset, random checkpoint and listing model under ``root`` (about 5 s on one core)."""
     data = write_prepared_dataset(root / "data", ROWS)
-    checkpoint = Path(
-        init_model(
-            InitModelArgs(
-                data=data,
-                out=root / "checkpoint",
-                vocab_size=400,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                vision_hidden_size=32,
-                vision_intermediate_size=64,
-                crop_size=56,
-            )
-        )
-    )
+    checkpoint = Path(init_model(InitModelArgs(data=data, out=root / "checkpoint", **tiny_sizes())))
     images = [Image.open(data / "images" / f"{pid}.jpg").convert("RGB") for pid, *_ in ROWS[:4]]
     listing_model = train_to_answer(checkpoint, images, LISTING, root / "listing-model")
     return EvalInputs(data=data, checkpoint=checkpoint, listing_model=listing_model)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from browser import chromium, run_chromium
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.evaluate import prediction_row
 from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics
@@ -201,36 +200,15 @@ def test_training_log_is_found_from_run_or_model_folder(tmp_path: Path):
         read_training_log(log)
 
 
-def _chromium() -> str | None:
-    return next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-    )
-
-
-def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-    ]
-    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=90)
-
-
 @pytest.mark.slow
 def test_report_renders_and_sorts_in_headless_chromium(tmp_path: Path, report_data: ReportData):
-    exe = _chromium()
+    exe = chromium()
     if exe is None:
         pytest.skip(
             "chromium is not installed (apt-get install chromium; `make browser`): browser test not run"
         )
     page = write_report(tmp_path / "report.html", report_data)
-    dom = _run_chromium(exe, tmp_path / "profile", "--dump-dom", f"{page.as_uri()}#sort=price-desc")
+    dom = run_chromium(exe, tmp_path / "profile", "--dump-dom", f"{page.as_uri()}#sort=price-desc")
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     assert 'data-sorted="price-desc"' in html and 'aria-sort="descending"' in html
@@ -239,7 +217,7 @@ def test_report_renders_and_sorts_in_headless_chromium(tmp_path: Path, report_da
     assert len(re.findall(r'<circle class="pt', html)) == 5
     assert len(re.findall(r'class="cm-cell', html)) == 24
     shot = tmp_path / "report.png"
-    result = _run_chromium(
+    result = run_chromium(
         exe, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()
     )
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]

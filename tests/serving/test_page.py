@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 
 import pytest
 from eval_fixtures import LISTING
 from serve_fixtures import COLORS, png_bytes
 
+from browser import chromium
 from vlmtune.data.prompts import parse_listing
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs the system chromium")
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a system Chromium (make browser)")
 def test_two_photos_two_listings_and_the_csv(serve, tmp_path):
     server = serve()
     photos = []
@@ -60,7 +60,7 @@ def test_two_photos_two_listings_and_the_csv(serve, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs the system chromium")
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a system Chromium (make browser)")
 def test_the_page_sends_the_api_key_typed_into_it(serve, tmp_path):
     server = serve(api_key="page-key")
     photo = tmp_path / "scarf.png"

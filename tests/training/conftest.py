@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tiny_model import tiny_sizes
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset
 from vlmtune.data.synthetic.generate import SynthArgs, generate_catalog
 from vlmtune.models.phi3v import Phi3VForCausalLM
@@ -59,18 +60,7 @@ def build_tiny_inputs(root: Path, n: int = 40) -> TinyInputs:
         PrepareArgs(source=str(csv), out=data, split="0.7,0.2,0.1", progress=False, concurrency=2)
     )
     checkpoint = init_model(
-        InitModelArgs(
-            data=data,
-            out=root / "checkpoint",
-            vocab_size=512,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vision_hidden_size=32,
-            vision_intermediate_size=64,
-            crop_size=56,
-        )
+        InitModelArgs(data=data, out=root / "checkpoint", **tiny_sizes(vocab_size=512))
     )
     return TinyInputs(data=data, checkpoint=Path(checkpoint))
 

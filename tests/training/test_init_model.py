@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from tiny_model import tiny_sizes
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from vlmtune.training.init_model import PHI3_SPECIAL_TOKENS, InitModelArgs, init_model
@@ -19,16 +20,7 @@ from vlmtune.utils.config import ConfigError, config_from_dict, field_docs
 from vlmtune.utils.errors import UserError
 from vlmtune.utils.outputs import MARKER, OutputError, write_marker
 
-SMALL = dict(
-    vocab_size=400,
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    intermediate_size=64,
-    vision_hidden_size=32,
-    vision_intermediate_size=64,
-    crop_size=56,
-)
+SMALL = tiny_sizes(num_hidden_layers=1)
 
 
 def test_checkpoint_has_the_official_layout(tiny_inputs):
@@ -205,15 +197,8 @@ def test_patch_size_reaches_the_processor_and_the_model_agrees(tiny_inputs, tmp_
         InitModelArgs(
             data=tiny_inputs.data,
             out=tmp_path / "p7",
-            vocab_size=400,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vision_hidden_size=32,
-            vision_intermediate_size=64,
-            crop_size=56,
-            patch_size=7,  # 8x8 patches -> 4x4 = 16 tokens per crop (patch 14 would give 4)
+            # 8x8 patches -> 4x4 = 16 tokens per crop (patch 14 would give 4)
+            **tiny_sizes(num_hidden_layers=1, patch_size=7),
         )
     )
     processor = Phi3VProcessor.from_pretrained(folder)

@@ -42,6 +42,7 @@ VERBS: list[tuple[str, str]] = [
     ("plan", "plan"),
     ("train", "train"),
     ("eval", "eval"),
+    ("compare", "compare"),
     ("predict", "predict"),
     ("serve", "serve"),
     ("merge", "merge"),

@@ -42,8 +42,11 @@ __all__ = [
     "BASELINE_LABELS",
     "ReportData",
     "find_training_log",
+    "format_metric",
+    "generated_fields",
     "read_training_log",
     "render_report",
+    "render_template",
     "thumbnail_data_uri",
     "write_report",
 ]
@@ -84,20 +87,22 @@ def write_report(path: str | Path, data: ReportData) -> Path:
 
 def render_report(data: ReportData) -> str:
     """The whole HTML page as a string."""
-    return (
-        _environment()
-        .get_template("report.html")
-        .render(
-            title=f"vlmtune evaluation: {data.info.get('model', '')}",
-            info=data.info,
-            metrics=_metrics_view(data),
-            samples=_samples_view(data),
-            scatter=_scatter_view(data.predictions),
-            confusion=_confusion_view(data.predictions),
-            curves=training_curves(data.training_log) if data.training_log else None,
-            definitions=[(key, info) for key, info in METRICS.items() if key in data.metrics],
-        )
+    return render_template(
+        "report.html",
+        title=f"vlmtune evaluation: {data.info.get('model', '')}",
+        info=data.info,
+        metrics=_metrics_view(data),
+        samples=_samples_view(data),
+        scatter=_scatter_view(data.predictions),
+        confusion=_confusion_view(data.predictions),
+        curves=training_curves(data.training_log) if data.training_log else None,
+        definitions=[(key, info) for key, info in METRICS.items() if key in data.metrics],
     )
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render the packaged template ``name`` (autoescaped) with ``context``."""
+    return _environment().get_template(name).render(**context)
 
 
 def thumbnail_data_uri(path: str | Path, size: int = 112) -> str | None:
@@ -145,7 +150,8 @@ def _environment() -> jinja2.Environment:
 # --------------------------------------------------------------------------- metrics
 
 
-def _format(key: str, value: Any) -> str:
+def format_metric(key: str, value: Any) -> str:
+    """``value`` of metric ``key`` as the pages show it (percent, count or number; a dash when missing)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "\u2014"
     info = METRICS.get(key)
@@ -184,13 +190,13 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
         row: dict[str, Any] = {
             "key": key,
             "info": METRICS[key],
-            "value": _format(key, value),
+            "value": format_metric(key, value),
             "css": {True: " ok", False: " bad", None: ""}[beats],
-            "baselines": [_format(key, data.baselines[n].get(key)) for n in names],
+            "baselines": [format_metric(key, data.baselines[n].get(key)) for n in names],
         }
         if data.base_metrics is not None:
             before = data.base_metrics.get(key)
-            row["base"] = _format(key, before)
+            row["base"] = format_metric(key, before)
             row["delta"] = _delta(key, value, before) if before is not None and key != "n" else None
         rows.append(row)
     constants = [
@@ -212,7 +218,7 @@ def _constant(value: Any) -> str:
 # --------------------------------------------------------------------------- samples
 
 
-def _fields(row: Mapping[str, Any]) -> dict[str, Any]:
+def generated_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     """The generated listing's three fields with their verdicts, and the raw text."""
     parsed, correct = row["parsed"], row["correct"]
     price = parsed.get("price")
@@ -257,8 +263,8 @@ def _sample(index: int, row: Mapping[str, Any], base_row: Mapping[str, Any] | No
             ("Category", str(ref["category"])),
             ("Full Price", f"{float(ref['price']):,.2f}"),
         ],
-        "generated": _fields(row),
-        "base": _fields(base_row) if base_row is not None else None,
+        "generated": generated_fields(row),
+        "base": generated_fields(base_row) if base_row is not None else None,
     }
 
 
