@@ -22,6 +22,7 @@ VERBS = [
     "serve-images",
     "plan",
     "inspect",
+    "serve",
 ]
 
 

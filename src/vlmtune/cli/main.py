@@ -1,6 +1,6 @@
 """The ``vlmtune`` command: one sub-command per verb of the pipeline.
 
-    synth -> prepare (-> inspect) -> init-model -> (plan) -> train -> eval / predict -> merge;  demo runs them all.
+    synth -> prepare (-> inspect) -> init-model -> (plan) -> train -> eval / predict / serve -> merge;  demo runs them all.
 
 Each verb lives in its own module (``vlmtune.cli.<verb>``) declaring ``CONFIG``
 (its typed configuration, whose ``flag()`` fields become its options) and
@@ -45,6 +45,7 @@ VERBS: list[tuple[str, str]] = [
     ("eval", "eval"),
     ("compare", "compare"),
     ("predict", "predict"),
+    ("serve", "serve"),
     ("merge", "merge"),
     ("demo", "demo"),
 ]

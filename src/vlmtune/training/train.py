@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.prepared import load_prepared
 from vlmtune.inference.listing_schema import schema_from_dataset
+from vlmtune.models.phi3v import copy_remote_code
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import build_datasets, build_model, load_processor
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
@@ -176,6 +177,11 @@ def _run(
             is_main_process=trainer.is_world_process_zero(),
         )
     model_dir = run_dir / "model"
+    if trainer.is_world_process_zero() and not config.train.uses_lora:
+        # a full model folder loads where its base did (vLLM reads the remote-code files);
+        # copied first, so that config.json's auto_map names them
+        model_dir.mkdir(parents=True, exist_ok=True)
+        copy_remote_code(config.model.path, model_dir)
     trainer.save_model(str(model_dir))
     if trainer.is_world_process_zero() and config.train.report_to == "wandb":
         log_model_artifact(
