@@ -112,7 +112,8 @@ def test_busy_port_and_wrong_model_are_one_line_errors(loaded, tmp_path, capsys)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", str(loaded.path), "--port", str(port)]) == 2
+        argv = ["serve", str(loaded.path), "--port", str(port), "--schema-from", str(loaded.data)]
+        assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"vlmtune serve: port {port} on 127.0.0.1 is in use (another server?); stop it or choose --port"
     ]

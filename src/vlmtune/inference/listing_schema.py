@@ -171,7 +171,7 @@ def resolve_schema(
         raise ListingSchemaError(
             f"constrained decoding needs a listing schema, and {str(model_dir)!r} has no "
             f"{SCHEMA_FILE} (models trained by `vlmtune train` have one); give the dataset it "
-            "was trained on with --schema-from DATA, or set generation.constrained=false"
+            "was trained on with --schema-from DATA, or decode freely with --no-constrained"
         )
     return schema
 
