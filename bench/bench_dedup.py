@@ -12,19 +12,30 @@ machine, then (best of ``repeat``):
   (``all_pairs_within``, numpy, blockwise), their ratio, and the all-pairs time scaled to
   ``n`` (quadratic);
 - ``group_duplicates`` end to end on ``n`` rows (ids, fingerprints with colour thumbnails;
-  copies keep their original's thumbnail within one level).
+  copies keep their original's thumbnail within one level);
+- ``prepare``'s whole grouping step on ``n`` rows: ``group_duplicates``, the splits by group
+  (``assign_group_splits``) and the conflicts (``find_conflicts``; a tenth of the copies
+  carry another price), against ``assign_splits`` by id alone (what prepare did before);
+- the fingerprint of one stored photo (``image_fingerprint``: decode, SHA-256 of the pixels,
+  pHash, thumbnail) on ``--photos`` synthetic 224x280 JPEGs, against decoding alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import time
 
 import numpy as np
 from bench_synth import machine_info
+from PIL import Image
 
-from vlmtune.data.dedup import COLOUR_SIDE, Fingerprint, group_duplicates
+from vlmtune.data.conflicts import find_conflicts
+from vlmtune.data.dedup import COLOUR_SIDE, Fingerprint, group_duplicates, image_fingerprint
+from vlmtune.data.group_splits import assign_group_splits, straddling_groups
 from vlmtune.data.hash_index import all_pairs_within, near_pairs
+from vlmtune.data.splits import assign_splits
+from vlmtune.data.synthetic import render_jpeg, sample_product
 
 
 def planted_hashes(n: int, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +79,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=10_000)
     parser.add_argument("--bits", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--photos", type=int, default=200)
     opts = parser.parse_args()
     for key, value in machine_info().items():
         print(f"{key:>16}: {value}")
@@ -90,6 +102,43 @@ def main() -> None:
     sizes = np.bincount(groups)
     print(f"group_duplicates, {opts.n} rows: {grouped:.2f}s, {len(sizes)} groups, "
           f"{int((sizes > 1).sum())} with duplicates (largest {int(sizes.max())})")  # fmt: skip
+    prepare_step(ids, prints, planted, opts)
+    photo_fingerprints(opts.photos, opts.repeat)
+
+
+def prepare_step(ids: list[str], prints: list[Fingerprint], planted: np.ndarray, opts) -> None:
+    """prepare's grouping step (groups, splits by group, conflicts) against splitting by id alone."""
+    rows = [{"title": f"t{r % 997}", "category3_code": f"c{r % 13}", "full_price": 100.0 + r % 50}
+            for r in range(len(ids))]  # fmt: skip
+    for copy, original in planted[:, ::-1][: len(planted) // 10].tolist():
+        rows[copy] = dict(rows[original], full_price=rows[original]["full_price"] + 1)
+    for copy, original in planted[:, ::-1][len(planted) // 10 :].tolist():
+        rows[copy] = dict(rows[original])
+    fractions = (0.9, 0.05, 0.05)
+
+    def step() -> tuple[list[int], list[str], list]:
+        groups = group_duplicates(ids, prints, opts.bits)
+        splits = assign_group_splits(ids, groups, fractions, seed=0)
+        return groups, splits, find_conflicts(rows, groups)
+
+    seconds, (groups, splits, conflicts) = best_time(step, opts.repeat)
+    by_id, _ = best_time(lambda: assign_splits(ids, fractions, seed=0), opts.repeat)
+    print(f"prepare's grouping step, {len(ids)} rows: {seconds:.2f}s (splits by id alone "
+          f"{by_id:.2f}s: {seconds / by_id:.1f}x); {len(conflicts)} conflicting groups; "
+          f"straddling groups: {len(straddling_groups(groups, splits))}")  # fmt: skip
+
+
+def photo_fingerprints(count: int, repeat: int) -> None:
+    """Seconds per photo: ``image_fingerprint`` after decoding, against decoding alone."""
+    photos = [render_jpeg(sample_product(0, i).render, (224, 280)) for i in range(count)]
+
+    def decode() -> list[Image.Image]:
+        return [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
+
+    decoding, _ = best_time(decode, repeat)
+    both, _ = best_time(lambda: [image_fingerprint(im) for im in decode()], repeat)
+    print(f"fingerprint of a 224x280 photo: {1000 * both / count:.2f} ms with decoding, "
+          f"{1000 * decoding / count:.2f} ms decoding alone ({both / decoding:.1f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

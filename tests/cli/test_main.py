@@ -21,6 +21,8 @@ VERBS = [
     "demo",
     "serve-images",
     "plan",
+    "inspect",
+    "serve",
 ]
 
 
@@ -94,7 +96,7 @@ def captured_prepare(monkeypatch):
 
     seen = []
 
-    def fake_prepare(args):
+    def fake_prepare(args, **_options):
         seen.append(args)
         raise PrepareError("stopped by the test")
 

@@ -67,11 +67,44 @@ def test_prepare_command_writes_the_dataset_and_a_summary(tmp_path, capsys):
     assert report["kept"] == 6 and report["dropped_by_reason"] == {"download/http 404": 1}
 
 
+def test_prepare_command_prints_the_conflicts_and_applies_on_conflict(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "200")  # the summary table on one line per row
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    (folder / "shared.jpg").write_bytes(jpeg_bytes((200, 30, 30)))
+    (folder / "other.jpg").write_bytes(jpeg_bytes((30, 30, 200)))
+    pd.DataFrame(
+        {
+            "product_code": ["a", "b", "c"],
+            "title": ["Cap"] * 3,
+            "category3_code": ["CAPS"] * 3,
+            "full_price": ["350", "420", "350"],  # a and b share a photo, not a price
+            "imageurl": ["shared.jpg", "shared.jpg", "other.jpg"],
+        }
+    ).to_csv(folder / "c.csv", index=False)
+    out = tmp_path / "out"
+    code = main(["prepare", "--source", str(folder / "c.csv"), "--out", str(out), "--no-progress",
+                 "--on-conflict", "drop-group"])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert re.search(r"conflicting groups \(--on-conflict drop-group; conflicts.csv\)\s*│\s*1", err)
+    assert re.search(r"rows dropped by --on-conflict\s*│\s*2", err)
+    assert list(load_prepared(out).frame["product_code"]) == ["c"]
+    conflicts = pd.read_csv(out / "conflicts.csv", dtype=str)
+    assert sorted(zip(conflicts["product_code"], conflicts["full_price"], strict=True)) == [
+        ("a", "350.0"),
+        ("b", "420.0"),
+    ]
+    assert (out / "data_card.html").is_file()
+
+
 def test_prepare_command_reads_yaml_config_and_overrides(tmp_path):
     folder = tmp_path / "cat"
     folder.mkdir()
-    for i in range(4):
-        (folder / f"{i}.jpg").write_bytes(jpeg_bytes((0, i, 0)))
+    for i in range(4):  # distinct colours: not near duplicates (those share a split)
+        (folder / f"{i}.jpg").write_bytes(jpeg_bytes((0, 60 * i, 0)))
     catalog = _catalog(
         folder / "c.csv", [(f"s{i}", f"{i}.jpg") for i in range(4)], "sku", "picture"
     )

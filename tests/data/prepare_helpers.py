@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from fault_server import FaultServer, jpeg_bytes, ok
+from fault_server import FaultServer, ok
 from PIL import Image
 
 from vlmtune.data.prepare import FAILURE_COLUMNS, PrepareArgs, PrepareReport, prepare_dataset
@@ -61,7 +61,9 @@ def noisy_jpeg(size: int = 64, seed: int = 0) -> bytes:
 
 
 def good_server(server: FaultServer, n: int) -> list[tuple[str, str]]:
-    """``n`` distinct JPEGs served at ``/p<i>.jpg``; returns (product id, URL) rows."""
-    return [
-        (f"p{i}", server.add(f"/p{i}.jpg", ok(jpeg_bytes((i, 2 * i, 3 * i))))) for i in range(n)
-    ]
+    """``n`` distinct photos served at ``/p<i>.jpg``; returns (product id, URL) rows.
+
+    Distinct to prepare's duplicate finder too: each is its own random pattern (plain
+    colours a few levels apart would be near duplicates, one group, one split).
+    """
+    return [(f"p{i}", server.add(f"/p{i}.jpg", ok(noisy_jpeg(32, seed=i)))) for i in range(n)]

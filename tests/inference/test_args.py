@@ -64,6 +64,8 @@ def test_eval_and_predict_keep_todays_flags_each_declared_once():
         "--device": "inference.device",
         "--batch-size": "inference.generation.batch_size",
         "--max-new-tokens": "inference.generation.max_new_tokens",
+        "--constrained/--no-constrained": "inference.generation.constrained",
+        "--schema-from": "inference.schema_from",
     }
     assert _flags(EvalArgs) == inference | {
         "--data": "data",
@@ -74,6 +76,7 @@ def test_eval_and_predict_keep_todays_flags_each_declared_once():
         "--out": "out",
         "-o": "out",
         "--overwrite": "overwrite",
+        "--compare-constrained": "compare_constrained",
     }
     assert _flags(PredictArgs) == inference | {
         "<ARG>": "inputs",

@@ -58,6 +58,9 @@ class DemoArgs:
     it), not the quality."""
     image_size: str = "224x280"
     """Photo size of the synthetic catalog (WxH)."""
+    duplicate_frac: float = flag("--duplicate-frac", default=0.05)
+    """Fraction of synthetic products that re-list another's photo (as is or slightly changed), so
+    prepare's duplicate groups have work to do."""
     train_config: Path | None = None
     """Training recipe; default the packaged ``vlmtune/configs/demo.yaml``."""
     train_overrides: list[str] | None = None
@@ -73,6 +76,8 @@ class DemoArgs:
             raise ValueError(
                 f"n={self.n}: the demo needs at least 50 products to have a test split"
             )
+        if not 0.0 <= self.duplicate_frac <= 0.5:
+            raise ValueError(f"duplicate_frac must be in [0, 0.5], got {self.duplicate_frac}")
 
 
 CONFIG = DemoArgs
@@ -122,23 +127,27 @@ def _synth_and_prepare(
     """synth and prepare in one stage: the catalog's image URLs name this run's local server."""
     from vlmtune.data.prepare import PrepareArgs, prepare_dataset
     from vlmtune.data.synthetic import SynthArgs, generate_catalog, serve_directory
+    from vlmtune.models.image_tokens import image_token_counter
 
     catalog_dir = paths["catalog"].parent
     catalog_dir.mkdir(parents=True, exist_ok=True)
     with serve_directory(catalog_dir) as server:
         synth = SynthArgs(
             out=catalog_dir, n=n, seed=args.seed, image_size=args.image_size,
-            base_url=server.url, overwrite=True,
+            base_url=server.url, duplicate_frac=args.duplicate_frac, overwrite=True,
         )  # fmt: skip
         state.timed("synth", lambda: generate_catalog(synth))
         prepare = PrepareArgs(
             source=str(paths["catalog"]), out=paths["data"], seed=args.seed, overwrite=True
         )
-        report = state.timed("prepare", lambda: prepare_dataset(prepare))
+        counter = image_token_counter(prepare.num_crops)
+        report = state.timed("prepare", lambda: prepare_dataset(prepare, image_tokens=counter))
     return {
         "kept": report.kept,
         "dropped": report.dropped,
         "dropped_by_reason": report.dropped_by_reason,
+        "duplicate_groups": report.duplicate_groups,
+        "conflict_groups": report.conflict_groups,
     }
 
 

@@ -1,6 +1,6 @@
 """The ``vlmtune`` command: one sub-command per verb of the pipeline.
 
-    synth -> prepare -> init-model -> (plan) -> train -> eval / predict -> merge;  demo runs them all.
+    synth -> prepare (-> inspect) -> init-model -> (plan) -> train -> eval / predict / serve -> merge;  demo runs them all.
 
 Each verb lives in its own module (``vlmtune.cli.<verb>``) declaring ``CONFIG``
 (its typed configuration, whose ``flag()`` fields become its options) and
@@ -37,6 +37,7 @@ __all__ = ["VERBS", "build_app", "main"]
 VERBS: list[tuple[str, str]] = [
     ("synth", "synth"),
     ("prepare", "prepare"),
+    ("inspect", "inspect"),
     ("init-model", "init_model"),
     ("serve-images", "serve_images"),
     ("plan", "plan"),
@@ -44,6 +45,7 @@ VERBS: list[tuple[str, str]] = [
     ("eval", "eval"),
     ("compare", "compare"),
     ("predict", "predict"),
+    ("serve", "serve"),
     ("merge", "merge"),
     ("demo", "demo"),
 ]

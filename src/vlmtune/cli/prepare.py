@@ -3,8 +3,10 @@
 Concurrent, resumable (re-run the same command after a failure or Ctrl-C) and
 explicit about every dropped row (failures.csv). Column names are mapped with
 overrides such as columns.image=picture_url. Writes OUT/dataset.parquet (the
-manifest with its split column), OUT/images/, OUT/failures.csv and
-OUT/prepare_report.json.
+manifest with its split column), OUT/images/, OUT/failures.csv,
+OUT/conflicts.csv, OUT/prepare_report.json and OUT/data_card.html. Duplicate photos (same pixels, or
+near duplicates by perceptual hash) and snapshots of one product id form groups; each
+group goes to one split whole.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ CONFIG = PrepareArgs
 
 def run(args: PrepareArgs) -> None:
     from vlmtune.data.prepare import prepare_dataset
+    from vlmtune.models.image_tokens import image_token_counter
 
     try:
-        report = prepare_dataset(args)
+        report = prepare_dataset(args, image_tokens=image_token_counter(args.num_crops))
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; images stored so far are kept in {str(args.out)!r}. "
@@ -48,7 +51,15 @@ def summary_table(report: PrepareReport) -> Table:
     splits = ", ".join(f"{name} {count}" for name, count in report.splits.items())
     table.add_section()
     table.add_row("splits", splits)
+    table.add_row("duplicate groups (each in one split)", str(report.duplicate_groups))
+    table.add_row(
+        f"conflicting groups (--on-conflict {report.on_conflict}; conflicts.csv)",
+        str(report.conflict_groups),
+    )
+    if report.conflict_rows_dropped:
+        table.add_row("  rows dropped by --on-conflict", str(report.conflict_rows_dropped))
     table.add_row("http requests", str(report.http_requests))
     table.add_row("seconds", f"{report.seconds:.2f}")
     table.add_row("images/s", f"{report.images_per_second:.1f}")
+    table.add_row("data card", f"{report.out}/data_card.html (vlmtune inspect {report.out})")
     return table

@@ -39,6 +39,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "ImageRejected",
     "ProcessedImage",
+    "open_image",
     "process_image",
     "safe_stem",
 ]
@@ -95,6 +96,28 @@ def process_image(
     the header, :data:`DEFAULT_MAX_PIXELS` by default); ``max_side`` the
     longest side kept (larger images are downsized), None to keep the size.
     """
+    image, fmt, size, changed = _checked_rgb(data, content_type, max_pixels)
+    if max_side is not None and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        changed = True
+    if fmt == "JPEG" and not changed:
+        return ProcessedImage(data, ".jpg", size[0], size[1], fmt)
+    return _encode(image, fmt)
+
+
+def open_image(
+    data: bytes, content_type: str = "", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """``data`` checked as :func:`process_image` checks it, decoded as an upright RGB image;
+    raise :class:`ImageRejected` with the reason (``serve`` reads uploads with it)."""
+    return _checked_rgb(data, content_type, max_pixels)[0]
+
+
+def _checked_rgb(
+    data: bytes, content_type: str, max_pixels: int
+) -> tuple[Image.Image, str, tuple[int, int], bool]:
+    """(RGB upright image, source format, declared size, whether the pixels were changed)."""
     if not data:
         raise ImageRejected("empty: the body has no bytes")
     if _looks_like_html(data):
@@ -109,13 +132,7 @@ def process_image(
         image, changed = _to_rgb(image), True
     if image.getexif().get(_ORIENTATION, 1) != 1:  # a rotated camera JPEG: store it upright
         image, changed = ImageOps.exif_transpose(image).convert("RGB"), True
-    if max_side is not None and max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        changed = True
-    if fmt == "JPEG" and not changed:
-        return ProcessedImage(data, ".jpg", size[0], size[1], fmt)
-    return _encode(image, fmt)
+    return image, fmt, size, changed
 
 
 def _looks_like_html(data: bytes) -> bool:

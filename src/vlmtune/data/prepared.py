@@ -2,7 +2,8 @@
 
 A prepared dataset is a folder holding ``dataset.parquet`` (the catalog's
 columns plus ``local_image_path`` relative to the folder, ``image_width``,
-``image_height``, ``image_sha256`` and ``split``), the ``images/`` it points
+``image_height``, ``image_sha256``, ``split`` and, since duplicate groups,
+``duplicate_group`` with the photo's fingerprint), the ``images/`` it points
 to, and ``vlmtune_dataset.json`` recording which catalog columns hold the id,
 title, category, price and image reference. Training, evaluation and the demo
 read it only through :func:`load_prepared`.

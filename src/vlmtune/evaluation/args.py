@@ -17,6 +17,7 @@ The YAML of an eval config::
     base_model: null            # --base-model
     out: null                   # --out / -o
     overwrite: false            # --overwrite
+    compare_constrained: false  # --compare-constrained
 
 and of a predict config: ``inference`` as above, then ``inputs`` (the positional
 images), ``out``, ``overwrite`` and ``columns``. Dotted overrides follow the same
@@ -57,6 +58,9 @@ class EvalArgs:
     overwrite: bool = flag("--overwrite", default=False)
     """Replace an output folder that holds something other than an earlier eval of the same
     model, base model, data and split (never one of the inputs)."""
+    compare_constrained: bool = flag("--compare-constrained", default=False)
+    """Also decode the other way (constrained when ``generation.constrained`` is off, and the
+    reverse): metrics.json holds both, the report shows both beside each other."""
 
     def __post_init__(self) -> None:
         self.inference.require_model()

@@ -13,6 +13,12 @@ A dataset image that can no longer be read (deleted or corrupted since
 counted in the ``skipped_images`` metric; the other rows are still scored, so
 one bad file neither stops ``vlmtune eval`` nor the evaluation inside a training
 run. Only a split with no usable image at all is an error.
+
+:func:`unique_group_metrics` scores again only the rows whose duplicate group (the
+``duplicate_group`` column ``prepare`` records) lies wholly in the evaluated split: the
+photos the model cannot have seen in training under another id. ``prepare`` puts every
+group in one split, so on its datasets these are all the rows; a split made elsewhere,
+or edited, shows the difference here.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from typing import Any
 
 from PIL import Image
 
-from vlmtune.data.prepared import PreparedDataset
+from vlmtune.data.prepared import PreparedDataset, load_prepared
 from vlmtune.data.prompts import ParsedListing, PromptTemplate, record_from_row
 from vlmtune.evaluation.metrics import baseline_metrics, compute_metrics, score_row
 from vlmtune.inference.args import GenerationArgs
 from vlmtune.inference.generate import GenerationEval, check_image, generate_listings
+from vlmtune.inference.listing_schema import ListingSchema
 from vlmtune.utils.errors import UserError
 from vlmtune.utils.logging import get_logger
 
@@ -39,7 +46,10 @@ __all__ = [
     "make_generation_eval",
     "prediction_row",
     "references",
+    "unique_group_metrics",
 ]
+
+GROUP_COLUMN = "duplicate_group"
 
 log = get_logger(__name__)
 
@@ -60,8 +70,14 @@ class EvalResult:
     base_predictions: list[dict[str, Any]] | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Rows whose image could not be read: ``id``, ``image``, ``reason`` (not scored)."""
+    unique_groups: dict[str, Any] | None = None
+    """:func:`unique_group_metrics` of the predictions (``vlmtune eval``)."""
     out: Path | None = None
     """Folder the results were written to (``run_eval``)."""
+    decoding: str = "unconstrained"
+    """``constrained`` when the listings were forced into the listing pattern, else ``unconstrained``."""
+    compared: dict[str, float] | None = None
+    """``eval --compare-constrained``: the model's metrics decoded the other way."""
 
 
 def references(dataset: PreparedDataset, limit: int | None = None) -> list[dict[str, Any]]:
@@ -99,11 +115,13 @@ def evaluate_model(
     gen: GenerationArgs | None = None,
     train: PreparedDataset | None = None,
     limit: int | None = None,
+    schema: ListingSchema | None = None,
 ) -> EvalResult:
     """Generate a listing for the first ``limit`` rows of ``dataset`` and score it.
 
     The model is put in eval mode for the duration (and back to train mode if it
-    was training); gradients are off. Baselines come from ``train`` when given.
+    was training); gradients are off. Baselines come from ``train`` when given;
+    ``schema`` is the listing schema of constrained decoding (``gen.constrained``).
     """
     gen = gen or GenerationArgs()
     refs = references(dataset, limit)
@@ -112,7 +130,7 @@ def evaluate_model(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        rows, skipped = _generate_rows(model, processor, dataset, refs, template, gen)
+        rows, skipped = _generate_rows(model, processor, dataset, refs, template, gen, schema)
     finally:
         if was_training:
             model.train()
@@ -123,7 +141,42 @@ def evaluate_model(
     baselines = (
         baseline_metrics(references(train), refs) if train is not None and len(train) else {}
     )
-    return EvalResult(metrics=metrics, predictions=rows, baselines=baselines, skipped=skipped)
+    decoding = "constrained" if gen.constrained else "unconstrained"
+    return EvalResult(
+        metrics=metrics, predictions=rows, baselines=baselines, skipped=skipped, decoding=decoding
+    )
+
+
+def unique_group_metrics(
+    root: str | Path, split: str, predictions: list[dict[str, Any]], fields: tuple[str, ...]
+) -> dict[str, Any]:
+    """Metrics of the ``predictions`` whose duplicate group has rows in ``split`` only.
+
+    Returns ``recorded`` (False when the dataset has no ``duplicate_group`` column, with a
+    ``note``), ``rows`` (predictions in such groups), ``other_rows`` (in groups that reach
+    another split) and ``metrics`` (:func:`compute_metrics` of the former; None if none).
+    """
+    full = load_prepared(root)
+    frame = full.frame
+    if GROUP_COLUMN not in frame.columns:
+        return {"recorded": False, "note": "the dataset records no duplicate groups; "
+                "prepare it again with this vlmtune to have them"}  # fmt: skip
+    spread = frame.groupby(GROUP_COLUMN)["split"].nunique()
+    alone = set(spread.index[spread == 1])
+    inside = frame[(frame["split"] == split) & frame[GROUP_COLUMN].isin(alone)]
+    ids = set(inside[full.columns.id].astype(str))
+    chosen = [row for row in predictions if str(row["id"]) in ids]
+    metrics = None
+    if chosen:
+        refs = [row["reference"] for row in chosen]
+        parsed = [ParsedListing(**_parsed_fields(row["parsed"])) for row in chosen]
+        metrics = compute_metrics(refs, parsed, fields=fields)
+    return {
+        "recorded": True,
+        "rows": len(chosen),
+        "other_rows": len(predictions) - len(chosen),
+        "metrics": metrics,
+    }
 
 
 def make_generation_eval(
@@ -157,6 +210,7 @@ def _generate_rows(
     refs: list[dict[str, Any]],
     template: PromptTemplate,
     gen: GenerationArgs,
+    schema: ListingSchema | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Prediction rows of the readable images, and the rows skipped with their reason."""
     paths = dataset.image_paths()[: len(refs)]
@@ -172,7 +226,7 @@ def _generate_rows(
             except EvalError as err:
                 log.warning("skipping row %s: %s", ids[i], err)
                 skipped.append({"id": ids[i], "image": str(paths[i]), "reason": str(err)})
-        texts = generate_listings(model, processor, images, template, gen) if images else []
+        texts = generate_listings(model, processor, images, template, gen, schema) if images else []
         for i, text in zip(kept, texts, strict=True):
             rows.append(
                 prediction_row(ids[i], paths[i], refs[i], text, template.parse(text), template)

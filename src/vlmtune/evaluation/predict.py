@@ -30,6 +30,7 @@ from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import PredictArgs
 from vlmtune.inference.args import GenerationArgs
 from vlmtune.inference.generate import check_image, generate_listings
+from vlmtune.inference.listing_schema import ListingSchema, resolve_schema
 from vlmtune.inference.loading import ModelLocation, check_model, load_model_and_processor
 from vlmtune.utils.devices import resolve_device, resolve_dtype
 from vlmtune.utils.io import atomic_path
@@ -107,11 +108,13 @@ def predict_images(
     paths: Sequence[Path],
     template: PromptTemplate,
     gen: GenerationArgs | None = None,
+    schema: ListingSchema | None = None,
 ) -> list[dict[str, Any]]:
     """Generate and parse a listing per path, ``gen.batch_size`` at a time.
 
     A file that cannot be decoded, or that the processor cannot take (e.g. a
     1x3000 strip), gets a row with ``error`` set instead of stopping the batch.
+    ``schema`` is the listing schema of constrained decoding (``gen.constrained``).
     """
     gen = gen or GenerationArgs()
     rows: list[dict[str, Any]] = []
@@ -125,7 +128,9 @@ def predict_images(
             except ValueError as err:
                 log.warning("skipped %s", err)
                 chunk_rows.append(_row(path, str(err)))
-        texts = iter(generate_listings(model, processor, images, template, gen) if images else [])
+        texts = iter(
+            generate_listings(model, processor, images, template, gen, schema) if images else []
+        )
         for row in chunk_rows:
             if row["error"] is None:
                 _fill(row, next(texts), template)
@@ -175,6 +180,9 @@ def run_predict(args: PredictArgs) -> PredictResult:
     dtype = resolve_dtype(inference.dtype, device)
     location = check_model(args.model, "--model")
     claim = _claim_output(args, location)
+    schema = None
+    if inference.generation.constrained:
+        schema = resolve_schema(location.model_dir, inference.schema_from, inference.prompt)
     seed_everything(inference.seed)
     paths, problems = collect_images(args.inputs)
     for path, reason in problems:
@@ -183,7 +191,7 @@ def run_predict(args: PredictArgs) -> PredictResult:
     if paths:
         model, processor = load_model_and_processor(location, dtype=dtype, device=device)
         template = PromptTemplate(inference.prompt)
-        rows = predict_images(model, processor, paths, template, inference.generation)
+        rows = predict_images(model, processor, paths, template, inference.generation, schema)
     rows += [_row(path, reason) for path, reason in problems]
     out = write_predictions_csv(claim.path, rows, args.columns)
     log.info("predicted %s -> %s", _counts(rows, len(rows)), out)

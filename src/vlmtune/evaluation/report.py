@@ -78,6 +78,12 @@ class ReportData:
     """Header facts: model, data, split, date ... (shown as given)."""
     max_samples: int = 1000
     """Rows shown in the samples table (the page says when there are more)."""
+    unique_groups: dict[str, Any] | None = None
+    """Metrics on the rows whose duplicate group is unique to the split (``unique_group_metrics``)."""
+    decoding: str = "unconstrained"
+    """How the listings were decoded: ``constrained`` (listing pattern enforced) or ``unconstrained``."""
+    compared: dict[str, float] | None = None
+    """``eval --compare-constrained``: the model's metrics decoded the other way (a column beside)."""
 
 
 def write_report(path: str | Path, data: ReportData) -> Path:
@@ -181,8 +187,12 @@ def _beats_baselines(
 
 
 def _metrics_view(data: ReportData) -> dict[str, Any]:
-    """Header labels and one row per metric: the model, base model and change, each baseline."""
+    """Header labels and one row per metric: the model (all rows, unique groups), base model and change, each baseline."""
     names = list(data.baselines)
+    groups = {"recorded": False, "note": "", "rows": 0, "other_rows": 0} | (
+        data.unique_groups or {}
+    )
+    unique = groups.get("metrics") if groups["recorded"] else None
     rows = []
     for key in (k for k in METRICS if k in data.metrics):
         value = data.metrics[key]
@@ -194,6 +204,10 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
             "css": {True: " ok", False: " bad", None: ""}[beats],
             "baselines": [format_metric(key, data.baselines[n].get(key)) for n in names],
         }
+        if unique is not None:
+            row["unique"] = format_metric(key, unique.get(key)) if key in unique else ""
+        if data.compared is not None:
+            row["compared"] = format_metric(key, data.compared.get(key))
         if data.base_metrics is not None:
             before = data.base_metrics.get(key)
             row["base"] = format_metric(key, before)
@@ -206,8 +220,14 @@ def _metrics_view(data: ReportData) -> dict[str, Any]:
     return {
         "baseline_labels": [f"Baseline: {BASELINE_LABELS.get(n, n)}" for n in names],
         "with_base": data.base_metrics is not None,
+        "decoding": data.decoding,
+        "compared": None
+        if data.compared is None
+        else ("unconstrained" if data.decoding == "constrained" else "constrained"),
         "rows": rows,
         "constants": constants,
+        "unique": groups,
+        "with_unique": unique is not None,
     }
 
 

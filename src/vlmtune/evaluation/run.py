@@ -15,13 +15,16 @@ cheap to say no, so that a typo costs a second and not a whole pass of the model
 Each refusal is a :class:`~vlmtune.utils.errors.UserError`: one line, exit 2.
 :func:`run_eval` then evaluates the model (and the base model) with
 :func:`~vlmtune.evaluation.evaluate.evaluate_model` and writes ``predictions.jsonl``,
-``metrics.json`` (``model``, ``baselines``, ``skipped``, ``base_model``, ``config``) and
+``metrics.json`` (``model``, ``baselines``, ``skipped``, ``unique_groups``: the metrics
+again on the rows whose duplicate group is wholly in the split, ``base_model``, ``decoding``;
+with ``--compare-constrained`` also ``constrained`` and ``unconstrained``; ``config``) and
 ``report.html`` into a staging folder that replaces the output folder in one
 rename, so a failed or interrupted eval leaves an earlier output whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -35,8 +38,14 @@ import torch
 from vlmtune.data.prepared import PreparedDataset, PreparedDatasetError, load_prepared
 from vlmtune.data.prompts import PromptTemplate
 from vlmtune.evaluation.args import EvalArgs
-from vlmtune.evaluation.evaluate import EvalError, EvalResult, evaluate_model
+from vlmtune.evaluation.evaluate import (
+    EvalError,
+    EvalResult,
+    evaluate_model,
+    unique_group_metrics,
+)
 from vlmtune.evaluation.report import ReportData, find_training_log, read_training_log, write_report
+from vlmtune.inference.listing_schema import ListingSchema, resolve_schema
 from vlmtune.inference.loading import ModelLocation, check_model, load_model_and_processor
 from vlmtune.utils.config import config_to_dict
 from vlmtune.utils.devices import dtype_name, resolve_device, resolve_dtype
@@ -74,6 +83,8 @@ class EvalPlan:
     training_log: list[dict[str, Any]] | None
     log_note: str
     """Where the curves come from, or why there are none (shown in the report's header)."""
+    schema: ListingSchema | None = None
+    """The listing schema of constrained decoding (None when no listing is constrained)."""
 
 
 def default_out_dir(args: EvalArgs) -> Path:
@@ -109,6 +120,9 @@ def check_eval(args: EvalArgs) -> EvalPlan:
         legacy=_is_earlier_eval,
     )
     events, note = _training_log(args.model)
+    schema = None
+    if args.inference.generation.constrained or args.compare_constrained:
+        schema = resolve_schema(model.model_dir, args.inference.schema_from, args.inference.prompt)
     return EvalPlan(
         device=device,
         dtype=dtype,
@@ -120,6 +134,7 @@ def check_eval(args: EvalArgs) -> EvalPlan:
         identity=identity,
         training_log=events,
         log_note=note,
+        schema=schema,
     )
 
 
@@ -128,7 +143,12 @@ def run_eval(args: EvalArgs) -> EvalResult:
     plan = check_eval(args)
     seed_everything(args.inference.seed)
     template = PromptTemplate(args.inference.prompt)
-    result = _evaluate("model", plan.model, args, plan, template, plan.train)
+    result = _evaluate(
+        "model", plan.model, args, plan, template, plan.train, compare=args.compare_constrained
+    )
+    result.unique_groups = unique_group_metrics(
+        args.data, args.split, result.predictions, tuple(template.args.fields)
+    )
     if plan.base_model is not None:
         base = _evaluate("base model", plan.base_model, args, plan, template, None)
         result.base_metrics, result.base_predictions = base.metrics, base.predictions
@@ -205,6 +225,7 @@ def _evaluate(
     plan: EvalPlan,
     template: PromptTemplate,
     train: PreparedDataset | None,
+    compare: bool = False,
 ) -> EvalResult:
     rows = min(len(plan.dataset), args.limit or len(plan.dataset))
     log.info(
@@ -218,10 +239,22 @@ def _evaluate(
         dtype_name(plan.dtype),
     )
     model, processor = load_model_and_processor(location, dtype=plan.dtype, device=plan.device)
+    gen = args.inference.generation
     try:
-        return evaluate_model(
-            model, processor, plan.dataset, template, args.inference.generation, train, args.limit
+        result = evaluate_model(
+            model, processor, plan.dataset, template, gen, train, args.limit, plan.schema
         )
+        if compare:
+            other = dataclasses.replace(gen, constrained=not gen.constrained)
+            log.info(
+                "evaluating the %s again, %s",
+                role,
+                "constrained" if other.constrained else "unconstrained",
+            )
+            result.compared = evaluate_model(
+                model, processor, plan.dataset, template, other, None, args.limit, plan.schema
+            ).metrics
+        return result
     finally:
         del model
         gc.collect()
@@ -238,6 +271,9 @@ def _write_results(plan: EvalPlan, args: EvalArgs, result: EvalResult) -> Path:
         base_predictions=result.base_predictions,
         training_log=plan.training_log,
         info=_report_info(args, plan),
+        unique_groups=result.unique_groups,
+        decoding=result.decoding,
+        compared=result.compared,
     )
     with replace_dir(plan.out.path, "eval", plan.identity) as staging:
         _write_jsonl(staging / "predictions.jsonl", result.predictions)
@@ -254,9 +290,14 @@ def _metrics_document(args: EvalArgs, result: EvalResult) -> dict[str, Any]:
         "model": result.metrics,
         "baselines": result.baselines,
         "skipped": result.skipped,
+        "unique_groups": result.unique_groups,
     }
     if result.base_metrics is not None:
         doc["base_model"] = result.base_metrics
+    doc["decoding"] = result.decoding
+    if result.compared is not None:  # both ways, by name
+        other = "unconstrained" if result.decoding == "constrained" else "constrained"
+        doc[result.decoding], doc[other] = result.metrics, result.compared
     doc["config"] = config_to_dict(args)
     doc["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return doc
@@ -273,10 +314,19 @@ def _report_info(args: EvalArgs, plan: EvalPlan) -> dict[str, str]:
         f"{'sampling' if gen.do_sample else 'greedy'}, beams {gen.num_beams}, "
         f"max {gen.max_new_tokens} new tokens"
     )
+    info["decoding"] = _decoding_note(gen.constrained, plan.schema)
+    if args.compare_constrained:
+        info["decoding"] += f"; compared with {_decoding_note(not gen.constrained, plan.schema)}"
     info["device"] = f"{plan.device}, {dtype_name(plan.dtype)}"
     info["training log"] = plan.log_note
     info["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return info
+
+
+def _decoding_note(constrained: bool, schema: ListingSchema | None) -> str:
+    if not constrained or schema is None:
+        return "unconstrained"
+    return f"constrained (listing pattern, {len(schema.categories)} known categories)"
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ each verb's YAML and can be copied from one to another::
       generation:
         batch_size: 8           # --batch-size
         max_new_tokens: 64      # --max-new-tokens
+        constrained: false      # --constrained (listing-constrained decoding)
       prompt:
         style: chat
 
@@ -45,12 +46,22 @@ class GenerationArgs:
     """Beam width; 1 is greedy (or sampling with ``do_sample``)."""
     do_sample: bool = False
     """Sample instead of taking the most likely token (non-deterministic unless seeded)."""
+    constrained: bool = flag("--constrained/--no-constrained", default=False)
+    """Force every listing into ``Product: <text>, Category: <a trained category>, Full Price:
+    <number>`` and its end token (llguidance, with the model's ``listing_schema.json``), so that
+    every output parses; ``max_new_tokens`` is raised to the longest listing the schema allows.
+    Greedy or sampling only (not beam search). Off for eval and predict, on for serve."""
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "num_beams"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.constrained and self.num_beams > 1:
+            raise ValueError(
+                f"constrained: works with greedy decoding or sampling, not num_beams={self.num_beams}; "
+                "set num_beams=1 or constrained=false"
+            )
 
 
 @dataclass
@@ -69,12 +80,17 @@ class InferenceArgs:
     """Decoding settings."""
     prompt: PromptArgs = field(default_factory=PromptArgs)
     """The prompt the model was trained with (style, question, fields)."""
+    schema_from: Path | None = flag("--schema-from", default=None)
+    """Prepared dataset whose train split gives the listing schema of constrained decoding
+    (known categories, price format); default: the model folder's ``listing_schema.json``."""
 
     def __post_init__(self) -> None:
         if self.model is not None:
             if not str(self.model).strip():
                 raise ValueError("model: must not be empty (a checkpoint, adapter or run folder)")
             self.model = Path(self.model)
+        if self.schema_from is not None:
+            self.schema_from = Path(self.schema_from)
 
     def require_model(self) -> Path:
         """The model path; raises ``ValueError`` (reported with the key) when none was given."""

@@ -6,10 +6,16 @@ position and new tokens are appended on the right; the model decodes with its
 KV cache (images enter only on the prefill step) and each row stops at
 the processor's end-of-turn token (``<|end|>`` for Phi-3) or the tokenizer's EOS. Greedy decoding by default. Only the new
 tokens are decoded, cut at the first stop token, without special tokens.
+
+With ``generation.constrained`` the answer is forced into the model's listing pattern
+(:mod:`vlmtune.inference.constrained`, the schema from :mod:`vlmtune.inference.listing_schema`)
+and ends with ``<|end|>``; ``max_new_tokens`` is raised to the longest listing the pattern
+allows, so no listing is cut short.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -18,8 +24,24 @@ from PIL import Image
 
 from vlmtune.data.prompts import END_TOKEN, PromptTemplate, end_token_of
 from vlmtune.inference.args import GenerationArgs
+from vlmtune.inference.constrained import ListingConstraint, max_listing_tokens
+from vlmtune.inference.listing_schema import ListingSchema, ListingSchemaError
+from vlmtune.utils.logging import get_logger
 
-__all__ = ["GenerationEval", "check_image", "generate_listings", "stop_token_ids"]
+__all__ = [
+    "GenerationEval",
+    "check_image",
+    "generate_listings",
+    "listing_constraint",
+    "stop_token_ids",
+]
+
+log = get_logger(__name__)
+
+_CONSTRAINTS: weakref.WeakKeyDictionary[Any, dict[Any, ListingConstraint]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Compiled constraints by tokenizer and (schema, end token): eval calls generate per batch."""
 
 
 def stop_token_ids(tokenizer: Any, end_token: str = END_TOKEN) -> list[int]:
@@ -54,6 +76,7 @@ def generate_listings(
     images: Sequence[Image.Image],
     template: PromptTemplate,
     args: GenerationArgs | None = None,
+    schema: ListingSchema | None = None,
 ) -> list[str]:
     """Generate one listing text per image, ``args.batch_size`` images per ``generate`` call.
 
@@ -61,12 +84,17 @@ def generate_listings(
     ``processor`` its family's processor (the prompt is its chat rendering, the stop tokens its
     end of turn and EOS); images are converted to RGB. Returns the decoded new text of
     each image, in order, without special tokens. The caller chooses the mode
-    (``model.eval()``); this function only disables gradients.
+    (``model.eval()``); this function only disables gradients. ``schema`` (the model's
+    listing schema) is required when ``args.constrained`` is on.
     """
     args = args or GenerationArgs()
     tokenizer = processor.tokenizer
     prompt = template.prompt(processor)
     stops = stop_token_ids(tokenizer, end_token_of(processor))
+    constraint = listing_constraint(tokenizer, schema, stops[0]) if args.constrained else None
+    kwargs = _generate_kwargs(args, stops, tokenizer)
+    if constraint is not None:
+        kwargs["max_new_tokens"] = max(args.max_new_tokens, max_listing_tokens(constraint.schema))
     texts: list[str] = []
     for batch in _batches(list(images), args.batch_size):
         inputs = processor(
@@ -75,12 +103,36 @@ def generate_listings(
             padding_side="left",
             return_tensors="pt",
         )
-        output = model.generate(
-            **_to_model(inputs, model), **_generate_kwargs(args, stops, tokenizer)
-        )
+        if constraint is not None:
+            kwargs["logits_processor"] = [constraint.processor(len(batch))]
+        output = model.generate(**_to_model(inputs, model), **kwargs)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         texts += [_decode(tokenizer, row.tolist(), stops) for row in new_tokens]
     return texts
+
+
+def listing_constraint(
+    tokenizer: Any, schema: ListingSchema | None, end_token_id: int
+) -> ListingConstraint:
+    """The compiled listing constraint of ``schema`` for ``tokenizer`` (cached per tokenizer).
+
+    Raises :class:`ListingSchemaError` (one line naming the fix) when there is no schema."""
+    if schema is None:
+        raise ListingSchemaError(
+            "generation.constrained=true needs the listing schema saved with a model trained by "
+            "`vlmtune train` (listing_schema.json); give the dataset it was trained on with "
+            "--schema-from DATA, or set generation.constrained=false"
+        )
+    by_schema = _CONSTRAINTS.setdefault(tokenizer, {})
+    key = (schema, end_token_id)
+    if key not in by_schema:
+        by_schema[key] = ListingConstraint(schema, tokenizer, end_token_id)
+        log.info(
+            "constrained decoding: %d categories, at most %d new tokens per listing",
+            len(schema.categories),
+            max_listing_tokens(schema),
+        )
+    return by_schema[key]
 
 
 def _generate_kwargs(args: GenerationArgs, stops: list[int], tokenizer: Any) -> dict[str, Any]:

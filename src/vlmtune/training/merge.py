@@ -6,7 +6,8 @@ by its family (:meth:`~vlmtune.models.families.ModelFamily.save`; Phi-3-V:
 :func:`~vlmtune.models.phi3v.save_model_folder`) in the official layout (weights with the
 official key names, sharded with an index above ``max_shard_size``; ``config.json``,
 ``generation_config.json``, tokenizer and processor files as the hub has them; the base model's
-own remote-code ``*.py`` files copied over), so it loads in ``Phi3VForCausalLM.from_pretrained``,
+own remote-code ``*.py`` files copied over; the run's ``listing_schema.json`` for constrained
+decoding), so it loads in ``Phi3VForCausalLM.from_pretrained``,
 the official remote code and vLLM, with no peft involved.
 
 The output follows the output policy (:mod:`vlmtune.utils.outputs`): checked before anything is
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vlmtune.inference.listing_schema import find_schema, save_schema
 from vlmtune.inference.loading import check_model, load_model_and_processor
 from vlmtune.models.families import family_of_folder
 from vlmtune.utils.config import ConfigError, flag
@@ -116,6 +118,9 @@ def merge(args: MergeArgs) -> MergeResult:
             source=Path(base_dir),
             max_shard_size=_bytes(args.max_shard_size),
         )
+        schema = find_schema(adapter_dir)
+        if schema is not None:
+            save_schema(schema, staging)
     out = Path(args.out)
     log.info("merged %s into %s -> %s (%s)", adapter_dir, base_dir, out, dtype_name(target))
     return MergeResult(out, family.serve_command(out), tuple(family.missing_for_serving(out)))

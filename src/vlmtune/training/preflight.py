@@ -8,7 +8,9 @@ parse and whose data is complete) and a dataset folder that is not a prepared
 dataset or lacks the splits the run reads. :func:`preflight_summary` logs and returns the trainable parameters
 per component, the fraction of tokens trained on, sequence and image-token
 length statistics and the effective batch size, and fails fast when nothing
-would train (no trainable parameter, no label token).
+would train (no trainable parameter, no label token). It also warns when another
+split of the dataset (validation, test) holds categories the training split lacks
+(:func:`unseen_categories`): the model cannot learn them, and their rows will score 0.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import torch
 
+from vlmtune.data.card import categories_missing_from_train
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import IGNORE_INDEX
 from vlmtune.data.prepared import PreparedDatasetError, load_prepared
@@ -40,6 +43,7 @@ __all__ = [
     "check_inputs",
     "check_model_folder",
     "preflight_summary",
+    "unseen_categories",
 ]
 
 log = get_logger(__name__)
@@ -164,9 +168,26 @@ def preflight_summary(
         "effective_batch_size": args.per_device_train_batch_size
         * args.gradient_accumulation_steps
         * args.world_size,
+        "categories_absent_from_train": unseen_categories(
+            Path(config.data.path), config.data.train_split
+        ),
     }
     _log_summary(summary)
     return summary
+
+
+def unseen_categories(path: Path, train_split: str = "train") -> dict[str, list[str]]:
+    """Split -> categories it holds that ``train_split`` lacks (warned; empty when every split is covered)."""
+    data = load_prepared(path)
+    missing = categories_missing_from_train(data.frame, data.columns.category, train_split)
+    for split, names in missing.items():
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        log.warning(
+            "preflight: the %s split holds %d categor%s absent from the %s split (%s): the model "
+            "cannot learn them, so their rows will score 0; see data_card.html in %s",
+            split, len(names), "y" if len(names) == 1 else "ies", train_split, shown, path,
+        )  # fmt: skip
+    return missing
 
 
 def _check_samples(datasets: Datasets, config: TrainConfig) -> dict[str, int]:

@@ -27,7 +27,10 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlmtune.data.collator import VisionSFTCollator
+from vlmtune.data.prepared import load_prepared
+from vlmtune.inference.listing_schema import schema_from_dataset
 from vlmtune.models.families import family_of
+from vlmtune.models.phi3v import copy_remote_code
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import build_datasets, build_model, load_processor
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
@@ -133,6 +136,9 @@ def _setup(
         generation_eval=generation_eval,
         max_bad_image_fraction=config.data.max_bad_image_fraction,
         bad_before_training=[s for s in datasets.left_out if s.reason == "bad_image"],
+        listing_schema=schema_from_dataset(
+            load_prepared(config.data.path, config.data.train_split), config.data.prompt
+        ),
     )
     trainer.remove_callback(PrinterCallback)  # MetricsJsonlCallback logs the events instead
     return trainer, summary
@@ -176,6 +182,11 @@ def _run(
             is_main_process=trainer.is_world_process_zero(),
         )
     model_dir = run_dir / "model"
+    if trainer.is_world_process_zero() and not config.train.uses_lora:
+        # a full model folder loads where its base did (vLLM reads the remote-code files);
+        # copied first, so that config.json's auto_map names them
+        model_dir.mkdir(parents=True, exist_ok=True)
+        copy_remote_code(config.model.path, model_dir)
     trainer.save_model(str(model_dir))
     if trainer.is_world_process_zero() and config.train.report_to == "wandb":
         log_model_artifact(

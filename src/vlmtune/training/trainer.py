@@ -15,7 +15,9 @@ resume, data parallelism and the trackers are the Trainer's. This subclass adds:
 * checkpoints hold no pickle: the optimizer, scheduler, gradient-scaler and RNG
   states are written as safetensors + JSON (:mod:`vlmtune.training.trainer_state`)
   and the pickled training arguments are not written (``config.yaml`` is the
-  record). Under DeepSpeed and FSDP their own sharded checkpoint formats apply.
+  record). Under DeepSpeed and FSDP their own sharded checkpoint formats apply;
+* every saved model folder (checkpoints and the final model) gets the run's listing schema
+  (``listing_schema.json`` beside the processor files), which constrained decoding reads.
 
 Most of these are overrides of the Trainer's private methods, for which transformers
 offers no public hook (state serialisation, sampler choice, best-model reload);
@@ -35,6 +37,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from vlmtune.data.collator import META_KEYS
 from vlmtune.data.dataset import BadImagesError, SkippedSample, bad_images_message
 from vlmtune.inference.generate import GenerationEval
+from vlmtune.inference.listing_schema import ListingSchema, save_schema
 from vlmtune.models.families import family_of
 from vlmtune.training.tracking import log_eval_table
 from vlmtune.training.trainer_state import (
@@ -95,9 +98,11 @@ class VlmTrainer(Trainer):
         generation_eval: GenerationEval | None = None,
         max_bad_image_fraction: float = 1.0,
         bad_before_training: list[SkippedSample] | None = None,
+        listing_schema: ListingSchema | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.listing_schema = listing_schema
         self.generation_eval = generation_eval
         self.max_bad_image_fraction = max_bad_image_fraction
         # rows already left out for a bad image count against the same limit
@@ -234,7 +239,10 @@ class VlmTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:  # the resolved config.yaml is the record; no pickles in a run
-            (Path(output_dir or self.args.output_dir) / TRAINING_ARGS_FILE).unlink(missing_ok=True)
+            folder = Path(output_dir or self.args.output_dir)
+            (folder / TRAINING_ARGS_FILE).unlink(missing_ok=True)
+            if self.listing_schema is not None:
+                save_schema(self.listing_schema, folder)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:

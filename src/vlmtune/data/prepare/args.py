@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.data.catalog import CatalogColumns
+from vlmtune.data.dedup_args import DedupArgs
 from vlmtune.data.download import DownloadPolicy
 from vlmtune.data.images import DEFAULT_MAX_PIXELS
 from vlmtune.data.splits import parse_split_fractions
@@ -62,6 +63,13 @@ class PrepareArgs:
     """Catalog column whose values get the split proportions each (e.g. ``category3_code``)."""
     seed: int = flag("--seed", default=0)
     """Seed of the id hash that assigns splits."""
+    num_crops: int = flag("--num-crops", default=16)
+    """Crops per photo of the model's image processor: the data card counts each photo's image
+    tokens at this setting (16 is the reference checkpoint's)."""
+    rare_min: int = flag("--rare-min", default=5)
+    """The data card flags categories with fewer training rows than this."""
+    dedup: DedupArgs = field(default_factory=DedupArgs)
+    """Duplicate photos: how near duplicates are found and what training sees of groups that disagree."""
     allow_local_paths: bool = flag("--allow-local-paths", default=False)
     """Also read absolute image paths and paths leaving the catalog's folder."""
     progress: bool = flag("--progress/--no-progress", default=True)
@@ -80,9 +88,11 @@ class PrepareArgs:
         self.out = Path(self.out)
         self.source = str(self.source)
         self.split = list(parse_split_fractions(self.split))
-        for name in ("concurrency", "per_host", "max_bytes", "max_pixels"):
+        for name in ("concurrency", "per_host", "max_bytes", "max_pixels", "num_crops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.rare_min < 0:
+            raise ValueError(f"rare_min must be >= 0, got {self.rare_min!r}")
         if self.max_side is not None and self.max_side < 1:
             raise ValueError(f"max_side must be >= 1 or None, got {self.max_side!r}")
         if self.stratify is not None and not str(self.stratify).strip():

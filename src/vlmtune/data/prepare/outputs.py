@@ -2,7 +2,9 @@
 
 - ``dataset.parquet`` and ``dataset.csv``: the catalog's kept rows with
   ``local_image_path`` (relative), ``image_width``, ``image_height``,
-  ``image_sha256`` and ``split`` (the layout :mod:`vlmtune.data.prepared` reads);
+  ``image_sha256``, ``split`` (the layout :mod:`vlmtune.data.prepared` reads),
+  ``duplicate_group`` and the photo's fingerprint (:mod:`.duplicates`);
+- ``conflicts.csv``: every member row of each duplicate group that disagrees on the listing;
 - ``failures.csv``: one row per dropped catalog row, ``source_row`` (0-based),
   ``id``, ``url`` (the reference as written), ``stage`` (:data:`STAGES`) and
   ``reason`` (``"<kind>: <details>"``), so ``kept + dropped == rows read``;
@@ -15,6 +17,7 @@ uses any more are pruned.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,6 +28,12 @@ import pandas as pd
 
 from vlmtune.data.catalog import Catalog
 from vlmtune.data.prepare.args import PrepareArgs
+from vlmtune.data.prepare.duplicates import (
+    FINGERPRINT_COLUMNS,
+    GROUP_COLUMN,
+    Grouping,
+    fingerprint_columns,
+)
 from vlmtune.data.prepare.journal import MANIFEST
 from vlmtune.data.prepare.pool import IMAGES_DIR, PoolResult
 from vlmtune.data.prepared import DATASET_INFO
@@ -40,14 +49,18 @@ __all__ = [
     "build_failures",
     "build_manifest",
     "build_report",
+    "record_duplicates",
     "prune_images",
     "write_dataset",
     "write_failures",
 ]
 
-STAGES = ("catalog", "url", "download", "local", "image", "store")
+STAGES = ("catalog", "url", "download", "local", "image", "store", "conflict")
 FAILURE_COLUMNS = ["source_row", "id", "url", "stage", "reason"]
-NEW_COLUMNS = ["local_image_path", "image_width", "image_height", "image_sha256", "split"]
+NEW_COLUMNS = [
+    "local_image_path", "image_width", "image_height", "image_sha256", "split", GROUP_COLUMN,
+    *FINGERPRINT_COLUMNS,
+]  # fmt: skip
 FAILURES = "failures.csv"
 REPORT = "prepare_report.json"
 _STORED_NAME = re.compile(r"^[A-Za-z0-9._-]*-[0-9a-f]{16}\.(jpg|png)$")
@@ -85,6 +98,20 @@ class PrepareReport:
     """Size of all kept images on disk."""
     pruned: int = 0
     """Image files of earlier runs removed because no kept row uses them any more."""
+    duplicate_groups: int = 0
+    """Groups of two or more usable catalog rows (same id, same pixels, or near-duplicate photos)."""
+    duplicate_rows: int = 0
+    """Usable catalog rows in those groups."""
+    largest_group: int = 0
+    """Rows in the largest group."""
+    on_conflict: str = "keep"
+    """The ``--on-conflict`` policy applied."""
+    conflict_groups: int = 0
+    """Groups whose kept rows disagree on the listing (title, category or price)."""
+    conflict_rows_dropped: int = 0
+    """Rows ``--on-conflict`` took out (stage ``conflict`` of ``failures.csv``)."""
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    """Each conflicting group: ``group``, ``differs`` (fields) and ``rows`` (every member's listing)."""
     seconds: float = 0.0
     images_per_second: float = 0.0
     """Images stored in this run (downloaded + copied) per second of wall time."""
@@ -99,22 +126,27 @@ class PrepareReport:
         self.images_per_second = round(made / self.seconds, 2) if self.seconds > 0 else 0.0
 
 
-def build_manifest(rows: pd.DataFrame, pool: PoolResult, splits: list[str]) -> pd.DataFrame:
-    """The kept catalog rows (original columns) plus the image and split columns."""
+def build_manifest(rows: pd.DataFrame, pool: PoolResult, grouping: Grouping) -> pd.DataFrame:
+    """The kept catalog rows (original columns) plus the image, split, group and fingerprint columns."""
     results = pool.rows
-    kept = [i for i in range(len(rows)) if results.get(i) and results[i].stored is not None]
+    kept = [
+        i for i in range(len(rows))
+        if results.get(i) and results[i].stored is not None and i not in grouping.dropped
+    ]  # fmt: skip
     frame = rows.iloc[kept].reset_index(drop=True).drop(columns=NEW_COLUMNS, errors="ignore")
     stored = [results[i].stored for i in kept]
     frame["local_image_path"] = pd.Series([s.path for s in stored], dtype="object")
     frame["image_width"] = pd.Series([s.width for s in stored], dtype="int64")
     frame["image_height"] = pd.Series([s.height for s in stored], dtype="int64")
     frame["image_sha256"] = pd.Series([s.sha256 for s in stored], dtype="object")
-    frame["split"] = pd.Series([splits[i] for i in kept], dtype="object")
+    frame["split"] = pd.Series([grouping.splits[i] for i in kept], dtype="object")
+    for name, values in fingerprint_columns(kept, grouping).items():
+        frame[name] = pd.Series(values, dtype="int64" if name == GROUP_COLUMN else "object")
     return frame
 
 
-def build_failures(catalog: Catalog, pool: PoolResult) -> pd.DataFrame:
-    """Catalog rejects and rows whose image failed, in source order (:data:`FAILURE_COLUMNS`)."""
+def build_failures(catalog: Catalog, pool: PoolResult, grouping: Grouping) -> pd.DataFrame:
+    """Catalog rejects, rows whose image failed and rows dropped by ``--on-conflict``, in source order."""
     source_rows = _kept_source_rows(catalog)
     id_col, image_col = catalog.columns.id, catalog.columns.image
     records = [
@@ -124,15 +156,19 @@ def build_failures(catalog: Catalog, pool: PoolResult) -> pd.DataFrame:
     ]  # fmt: skip
     for i in range(len(catalog.rows)):
         result = pool.rows.get(i)
-        if result is None or result.stored is not None:
+        if result is None or (result.stored is not None and i not in grouping.dropped):
             continue
+        stage, reason = (
+            ("conflict", grouping.dropped[i]) if result.stored is not None
+            else (result.stage, result.reason)
+        )  # fmt: skip
         records.append(
             {
                 "source_row": source_rows[i],
                 "id": str(catalog.rows[id_col].iat[i]),
                 "url": str(catalog.rows[image_col].iat[i]).strip(),
-                "stage": result.stage,
-                "reason": result.reason,
+                "stage": stage,
+                "reason": reason,
             }
         )
     frame = pd.DataFrame(records, columns=FAILURE_COLUMNS)
@@ -217,3 +253,22 @@ def build_report(
         bytes_downloaded=pool.bytes_downloaded,
         bytes_stored=int(sum((out / p).stat().st_size for p in manifest["local_image_path"])),
     )
+
+
+def record_duplicates(
+    report: PrepareReport, grouping: Grouping, conflicts: pd.DataFrame, policy: str
+) -> None:
+    """Fill the duplicate and conflict fields of ``report`` (``conflicts``: :func:`conflict_table`)."""
+    sizes = Counter(grouping.groups)
+    report.duplicate_groups = sum(1 for n in sizes.values() if n > 1)
+    report.duplicate_rows = sum(n for n in sizes.values() if n > 1)
+    report.largest_group = max(sizes.values(), default=0)
+    report.on_conflict = policy
+    report.conflict_groups = len(grouping.conflicts)
+    report.conflict_rows_dropped = len(grouping.dropped)
+    listing = [c for c in conflicts.columns if c not in ("group", "differs")]
+    report.conflicts = [
+        {"group": int(group), "differs": str(rows["differs"].iat[0]).split("|"),
+         "rows": json.loads(rows[listing].to_json(orient="records"))}
+        for group, rows in conflicts.groupby("group", sort=True)
+    ]  # fmt: skip

@@ -5,7 +5,9 @@ so the catalog does not depend on how the work is split across processes: the
 same seed and arguments give byte-identical ``catalog.csv`` and images (on the
 same numpy / Pillow / libjpeg versions). Rows picked for ``broken_frac`` get image
 references that fail the way real exports do: ``N.A.`` or a reference to a file
-that does not exist; their images are not written.
+that does not exist; their images are not written. Rows picked for ``duplicate_frac``
+re-list another product under their own code, with its photo as is or slightly
+changed (:mod:`.duplicates`), so ``prepare``'s duplicate groups have work to do.
 
 The output folder follows :mod:`vlmtune.utils.outputs`: it is claimed before
 anything is drawn (missing, empty, or an earlier ``synth`` output, marked or
@@ -23,13 +25,14 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlmtune.data.synthetic.duplicates import CHANGES, Copy, apply_change, plan_duplicates
 from vlmtune.data.synthetic.render import RenderParams, render_jpeg
 from vlmtune.data.synthetic.vocab import (
     COLOURS,
@@ -88,6 +91,9 @@ class SynthArgs:
     """Sigma of the multiplicative log-normal price noise (0 = price fully determined by the photo)."""
     broken_frac: float = flag("--broken-frac", default=0.02)
     """Fraction of rows whose image reference fails (half ``N.A.``, half a missing file)."""
+    duplicate_frac: float = flag("--duplicate-frac", default=0.0)
+    """Fraction of rows that re-list another product (its title, category and price) under their own
+    code, with its photo as is, re-encoded, resized or slightly cropped (0-0.5)."""
     base_url: str | None = flag("--base-url", default=None)
     """If set, imageurl = base_url + relative path (e.g. http://127.0.0.1:8000/)."""
     preview: Path | None = flag("--preview", default=None)
@@ -110,6 +116,8 @@ class SynthArgs:
             raise ValueError(f"price_noise must be between 0 and 1, got {self.price_noise}")
         if not 0.0 <= self.broken_frac < 1.0:
             raise ValueError(f"broken_frac must be in [0, 1), got {self.broken_frac}")
+        if not 0.0 <= self.duplicate_frac <= 0.5:
+            raise ValueError(f"duplicate_frac must be in [0, 0.5], got {self.duplicate_frac}")
         if self.base_url is not None and not re.match(r"^https?://[^/\s]+", self.base_url):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {self.base_url!r}")
         if self.workers < 0:
@@ -216,16 +224,26 @@ def _generate(args: SynthArgs, out: Path) -> None:
     images.mkdir(parents=True, exist_ok=True)
     products = [sample_product(args.seed, i, args.price_noise) for i in range(args.n)]
     broken = _broken_rows(args.seed, args.n, args.broken_frac)
+    copies = plan_duplicates(args.seed, args.n, args.duplicate_frac, set(broken))
+    for i, copy in copies.items():  # a re-listed product: the source's listing, its own code
+        products[i] = replace(products[copy.source], index=i, product_code=products[i].product_code)
     jobs = [
         (p.render, size, str(images / f"{p.product_code}.jpg"))
         for p in products
-        if p.index not in broken
+        if p.index not in broken and p.index not in copies
     ]
     workers = _draw_all(jobs, args.workers)
+    _copy_photos(copies, products, images)
     rows = [_row(p, broken.get(p.index), args.base_url) for p in products]
     _write_csv(out / "catalog.csv", rows)
     seconds = time.perf_counter() - start
-    report = _report(args, products, broken, len(jobs), seconds, workers)
+    report = _report(args, products, broken, len(jobs) + len(copies), seconds, workers)
+    report["duplicates"] = {
+        "rows": len(copies),
+        "by_change": {c: sum(k.change == c for k in copies.values()) for c in CHANGES},
+        "copies": [[products[k.index].product_code, products[k.source].product_code, k.change]
+                   for k in copies.values()],
+    }  # fmt: skip
     atomic_write_json(out / "synth_report.json", report)
     _log.info("synth: %d products, %d images in %.1fs (%.0f images/s) -> %s",
               args.n, len(jobs), seconds, report["images_per_s"], args.out)  # fmt: skip
@@ -242,6 +260,16 @@ def _broken_rows(seed: int, n: int, frac: float) -> dict[int, str]:
     rng = np.random.default_rng([seed, 2**32 - 1])  # a stream no product index uses
     picked = sorted(int(i) for i in rng.choice(n, size=count, replace=False))
     return {i: ("na" if k % 2 == 0 else "missing") for k, i in enumerate(picked)}
+
+
+def _copy_photos(copies: dict[int, Copy], products: list[SyntheticProduct], images: Path) -> None:
+    """Write each copy's photo: its source's, changed as planned."""
+    for copy in copies.values():
+        data = (images / f"{products[copy.source].product_code}.jpg").read_bytes()
+        target = images / f"{products[copy.index].product_code}.jpg"
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        tmp.write_bytes(apply_change(data, copy.change))
+        os.replace(tmp, target)
 
 
 def _draw_one(job: tuple[RenderParams, tuple[int, int], str]) -> int:
