@@ -72,6 +72,15 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> TinyInputs:
     return build_tiny_inputs(tmp_path_factory.mktemp("tiny-train"))
 
 
+@pytest.fixture(scope="session", params=["phi3v", "qwen2_5_vl", "smolvlm", "gemma3"])
+def family_inputs(request, tmp_path_factory) -> tuple[str, TinyInputs]:
+    """(family name, tiny inputs with a checkpoint of that family), for every supported family."""
+    if request.param == "phi3v":
+        return request.param, request.getfixturevalue("tiny_inputs")
+    root = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    return request.param, build_tiny_inputs(root, family=request.param)
+
+
 @pytest.fixture()
 def count_models(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per ``Phi3VForCausalLM`` built from now on (loads included)."""

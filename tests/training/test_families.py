@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyInputs, build_tiny_inputs
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -64,14 +63,6 @@ def _conversation(family: str, question: str, answer: str) -> list[dict]:
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
     ]
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family_inputs(request, tmp_path_factory) -> tuple[str, TinyInputs]:
-    if request.param == "phi3v":
-        return request.param, request.getfixturevalue("tiny_inputs")
-    root = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    return request.param, build_tiny_inputs(root, family=request.param)
 
 
 def test_the_checkpoint_loads_with_the_familys_own_classes(family_inputs):
@@ -260,3 +251,8 @@ def test_images_with_different_tile_counts_batch_together(tmp_path, tiny_inputs)
             logits = model(**{k: alone[k] for k in keys}).logits[0]
             n = logits.shape[0]
             torch.testing.assert_close(together[row, :n], logits, atol=1e-4, rtol=1e-4)
+
+
+def test_the_fixture_covers_every_family(request):
+    params = request.session._fixturemanager.getfixturedefs("family_inputs", request.node)[0].params
+    assert sorted(params) == sorted(FAMILIES)
