@@ -22,7 +22,9 @@ from vlmtune.training.args import DataArgs, LoraArgs, TrainArgs, TrainConfig
 from vlmtune.training.build import apply_training_mode
 from vlmtune.training.callbacks import read_metrics
 from vlmtune.training.packing import rope_switch_length
+from vlmtune.training.preflight import check_backends
 from vlmtune.training.train import train
+from vlmtune.utils.config import ConfigError
 
 CROP = 56  # tiny crops: 4 tokens per crop, (h*w + 1) * 4 + 1 + (h + 1) * 2 per image
 NUM_CROPS = 6
@@ -223,3 +225,8 @@ def test_packing_settings_are_checked_before_a_run(tiny_inputs, tmp_path):
         TrainConfig(model=config.model, data=DataArgs(packing=True), train=config.train)
     with pytest.raises(ValueError, match="pack_max_tokens"):
         DataArgs(packing=True, max_length=4096, pack_max_tokens=2048)
+    if not torch.cuda.is_available():  # the flash kernel (varlen for packed rows) needs CUDA
+        config = tiny_inputs.config(tmp_path, per_device_batch_size=1)
+        config.model.attn_implementation = "flash_attention_2"
+        with pytest.raises(ConfigError, match="flash-attn package and a CUDA GPU"):
+            check_backends(config)

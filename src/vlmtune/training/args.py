@@ -39,8 +39,9 @@ class ModelArgs:
     path: Path | None = flag("--model", "-m", default=None)
     """Official-layout Phi-3-V checkpoint folder to fine-tune (config.json, model.safetensors, tokenizer,
     preprocessor_config.json)."""
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    """Attention kernel of the decoder and the vision tower."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel of the decoder and the vision tower; flash_attention_2 needs the flash-attn
+    package and a CUDA GPU (with data.packing it runs transformers' varlen path)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype; ``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU).
 

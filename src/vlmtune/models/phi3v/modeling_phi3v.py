@@ -332,8 +332,8 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
         with or without the ``wte`` duplicate) strictly through the key table.
 
         ``torch_dtype``/``dtype``: target dtype (``"auto"`` = the checkpoint's; default float32).
-        ``attn_implementation``: ``"sdpa"`` (default) or ``"eager"``. Local folders only; a
-        ``config`` given is copied, never changed.
+        ``attn_implementation``: ``"sdpa"`` (default), ``"eager"`` or ``"flash_attention_2"``.
+        Local folders only; a ``config`` given is copied, never changed.
         """
         for flag in ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors"):
             kwargs.pop(flag, None)
