@@ -153,9 +153,12 @@ def test_a_long_sample_packed_with_short_ones_would_change_their_rope_factors():
     _assert_same(_packed(model, pair, [[0], [1]]), _unpacked(model, pair))
 
 
-def test_packed_eager_attention_equals_unpacked():
-    """Eager attention takes the same block-diagonal mask (short samples: eager's T x T weights)."""
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_packed_eager_attention_equals_unpacked(use_cache):
+    """Eager attention takes the same block-diagonal mask (short samples: eager's T x T weights);
+    a config asking for a KV cache (which would turn transformers' packed mask off) changes nothing."""
     model, samples = _model("full", attn="eager"), _samples()[3:]
+    model.config.use_cache = use_cache
     rows = pack_lengths([len(s["input_ids"]) for s in samples], 1000)
     assert rows == [[0, 1, 2]]
     _assert_same(_packed(model, samples, rows), _unpacked(model, samples))
