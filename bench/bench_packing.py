@@ -4,7 +4,7 @@ The samples have the image-token counts of real catalog photos: a spread of cata
 and aspect ratios (square and 4:5 product shots, 2:3 and 3:4 portraits, 3:2 and 16:9 landscapes,
 tall and wide banners) counted by vlmtune's own ``Phi3VImageProcessor`` at ``--num-crops``
 (default 16, as the real recipes use), plus the text of the prompt and a listing answer of 20 to
-60 tokens. The model is Phi-3-V at reduced size with the real vision geometry (336 px crops,
+60 tokens (``--answer-tokens``: longer texts, e.g. product descriptions). The model is Phi-3-V at reduced size with the real vision geometry (336 px crops,
 patch 14: 144 tokens a crop, so the image placeholders and features are the real counts) and a
 small CLIP width; its decoder width, depth and vocabulary are ``--hidden``, ``--layers`` and
 ``--vocab`` (default: width 512, 1 layer, a 16,384-token vocabulary, so that the per-token
@@ -57,8 +57,11 @@ CATALOG_SIZES = {
 PROMPT_TOKENS = 22  # <|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n
 
 
-def sample_specs(n: int, num_crops: int, seed: int) -> list[dict[str, int]]:
-    """``n`` samples: image size drawn from CATALOG_SIZES, image tokens from the processor."""
+def sample_specs(
+    n: int, num_crops: int, seed: int, answer: tuple[int, int] = (20, 60)
+) -> list[dict[str, int]]:
+    """``n`` samples: image size drawn from CATALOG_SIZES, image tokens from the processor,
+    answer tokens uniform in ``answer``."""
     processor = Phi3VImageProcessor(num_crops=num_crops)
     rng = random.Random(seed)
     sizes = rng.choices(list(CATALOG_SIZES), weights=list(CATALOG_SIZES.values()), k=n)
@@ -66,7 +69,7 @@ def sample_specs(n: int, num_crops: int, seed: int) -> list[dict[str, int]]:
     for width, height in sizes:
         image = processor.num_tokens_for_size(width, height, num_crops)
         specs.append(
-            {"width": width, "height": height, "image": image, "answer": rng.randint(20, 60)}
+            {"width": width, "height": height, "image": image, "answer": rng.randint(*answer)}
         )
     return specs
 
@@ -121,7 +124,7 @@ def collate(name: str, steps: list[list[int]], samples: list[dict]) -> list[dict
 
 def pad_fraction_at_scale(name: str, args: argparse.Namespace, n: int = 10_000) -> float:
     """The strategy's pad share over ``n`` samples of the same distribution (lengths only)."""
-    specs = sample_specs(n, args.num_crops, args.seed + 1)
+    specs = sample_specs(n, args.num_crops, args.seed + 1, args.answer_tokens)
     lengths = [PROMPT_TOKENS + s["image"] + s["answer"] for s in specs]
     steps = orders(lengths, args)[name]
     computed = sum(
@@ -212,9 +215,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--strategies", default="padded_random,group_by_length,packing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--answer-tokens", default="20,60", help="MIN,MAX answer tokens (listings: 20-60)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    specs = sample_specs(args.samples, args.num_crops, args.seed)
+    args.answer_tokens = tuple(int(x) for x in args.answer_tokens.split(","))
+    specs = sample_specs(args.samples, args.num_crops, args.seed, args.answer_tokens)
     lengths = [PROMPT_TOKENS + s["image"] + s["answer"] for s in specs]
     image_tokens = sorted(s["image"] for s in specs)
     print(f"image tokens at num_crops {args.num_crops}: min {image_tokens[0]}, "
