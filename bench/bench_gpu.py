@@ -9,7 +9,7 @@ real tokenizer, ``num_crops`` 16: 2,565 tokens a sample) and runs the Trainer's 
 autocast, backward with gradient checkpointing, clipping, the Trainer's fused AdamW) for a fixed
 number of steps after a warm-up, per mode (LoRA, frozen vision, full; QLoRA when bitsandbytes is
 installed), per attention kernel (SDPA; flash_attention_2 when installed) and batch layout
-(padded; packed once vlmtune packs: see :func:`packed_batches`). Batches are built before the
+(padded, and packed: the same samples in one row without padding, :func:`packed_batches`). Batches are built before the
 clock starts: the data pipeline is not measured, the host-to-device copy is.
 
 Per run it prints and writes to ``--json``: images/s per GPU, real (non-pad) tokens/s, peak
@@ -55,6 +55,7 @@ from transformers import Trainer, TrainingArguments
 
 from vlmtune.data.collator import VisionSFTCollator
 from vlmtune.data.dataset import VisionSFTDataset
+from vlmtune.data.packing import pack_row
 from vlmtune.data.prepare import PrepareArgs, prepare_dataset
 from vlmtune.data.prepared import load_prepared
 from vlmtune.data.prompts import PromptTemplate
@@ -121,11 +122,20 @@ def padded_batches(dataset: VisionSFTDataset, batch: int, count: int) -> list[di
 
 
 def packed_batches(dataset: VisionSFTDataset, batch: int, count: int) -> list[dict[str, Any]]:
-    """The hook for padding-free packing (issue 16): build ``count`` packed batches here with
-    vlmtune's packing collator once it exists; the runs record ``skipped`` until then."""
-    raise NotImplementedError(
-        "vlmtune does not pack yet (issue 16); wire its packing collator here"
-    )
+    """``count`` rows, each the same ``batch`` samples a padded batch holds, packed without
+    padding (vlmtune's ``pack_row``: positions restarting per sample, no attention mask)."""
+    examples = [dataset[i % len(dataset)] for i in range(batch * count)]
+    return [pack_row(examples[i * batch : (i + 1) * batch]) for i in range(count)]
+
+
+def sample_lengths(batch: dict[str, Any]) -> list[int]:
+    """Real tokens of each sample of a padded batch or a packed row."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum(dim=1).tolist()
+    starts = torch.nonzero(batch["position_ids"][0] == 0).flatten().tolist()
+    return [
+        b - a for a, b in zip(starts, [*starts[1:], batch["position_ids"].shape[1]], strict=True)
+    ]
 
 
 LAYOUTS = {"padded": padded_batches, "packed": packed_batches}
@@ -135,7 +145,7 @@ LAYOUTS = {"padded": padded_batches, "packed": packed_batches}
 def model_flops(shape: ModelShape, mode: str, lora_params: int, batch: dict[str, Any]) -> float:
     """Model FLOPs of one training step on ``batch`` (see the module docstring)."""
     h, v = shape.hidden, shape.vocab
-    real = batch["attention_mask"].sum(dim=1).tolist()  # real tokens per sample
+    real = sample_lengths(batch)
     tokens = sum(real)
     decoder = shape.decoder_linear_params() + h * v  # blocks + lm_head
     trained = decoder if mode in ("full", "frozen_vision") else 0
@@ -244,9 +254,9 @@ def run_one(spec: dict[str, Any], config: Phi3VConfig, batches: list[dict], args
         peak = live + measured.peak
     shape = ModelShape.from_config(config)
     flops = sum(model_flops(shape, spec["mode"], lora, b) for b in timed)
-    images = sum(int(b["input_ids"].shape[0]) for b in timed)
-    real = sum(int(b["attention_mask"].sum()) for b in timed)
-    padded = sum(b["attention_mask"].numel() for b in timed)
+    images = sum(int(b["image_sizes"].shape[0]) for b in timed)
+    real = sum(sum(sample_lengths(b)) for b in timed)
+    padded = sum(b["input_ids"].numel() for b in timed)
     return {
         "seconds": round(seconds, 3),
         "img_per_s_per_gpu": images / seconds,
@@ -308,12 +318,9 @@ def run_all(args, device: torch.device, dataset, config, model_dir: Path) -> lis
                 if time.perf_counter() - started > args.budget_seconds:
                     spec |= {"status": "skipped", "reason": "--budget-seconds spent"}
                     continue
-                try:
-                    batches = LAYOUTS[layout](dataset, batch_size, args.warmup + args.steps)
-                except NotImplementedError as err:
-                    spec |= {"status": "skipped", "reason": str(err)}
-                    continue
-                seq_len = max(int(b["input_ids"].shape[1]) for b in batches)
+                batches = LAYOUTS[layout](dataset, batch_size, args.warmup + args.steps)
+                # a packed row of B samples is planned as B samples of its mean length
+                seq_len = max(math.ceil(b["input_ids"].numel() / batch_size) for b in batches)
                 spec |= {
                     "seq_len": seq_len,
                     **planner_estimate(spec, args, device, model_dir, seq_len),

@@ -161,7 +161,7 @@ def test_schema_files_round_trip_and_resolve(eval_inputs: EvalInputs, tmp_path: 
 
 
 def test_the_unpacked_mask_is_llguidances_own(constraint: ListingConstraint, encode):
-    import llguidance.torch
+    import llguidance.numpy
     import numpy as np
 
     from vlmtune.inference.constrained import _allowed
@@ -169,8 +169,8 @@ def test_the_unpacked_mask_is_llguidances_own(constraint: ListingConstraint, enc
     matcher = constraint._matcher.deep_copy()
     for prefix in ("", "Product: Check Wool", ", Category: ba"):
         assert matcher.consume_tokens(encode(prefix)) if prefix else True
-        bitmask = llguidance.torch.allocate_token_bitmask(1, constraint.vocab_size)
-        llguidance.torch.fill_next_token_bitmask(matcher, bitmask, 0)
+        bitmask = llguidance.numpy.allocate_token_bitmask(1, constraint.vocab_size)
+        llguidance.numpy.fill_next_token_bitmask(matcher, bitmask, 0)
         bias = np.frombuffer(matcher.compute_logit_bias(), dtype=np.uint8)[: constraint.vocab_size]
         allowed = _allowed(bitmask, constraint.vocab_size)[0]
         assert np.array_equal(allowed, bias > 0) and 0 < allowed.sum() < constraint.vocab_size

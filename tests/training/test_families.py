@@ -35,6 +35,7 @@ from vlmtune.training.args import LoraArgs, ModelArgs, TrainArgs
 from vlmtune.training.build import build_model, load_processor
 from vlmtune.training.merge import merge_adapter
 from vlmtune.training.train import train
+from vlmtune.utils.config import ConfigError
 
 OWN_CLASSES = {
     "phi3v": Phi3VForCausalLM,
@@ -256,3 +257,15 @@ def test_images_with_different_tile_counts_batch_together(tmp_path, tiny_inputs)
 def test_the_fixture_covers_every_family(request):
     params = request.session._fixturemanager.getfixturedefs("family_inputs", request.node)[0].params
     assert sorted(params) == sorted(FAMILIES)
+
+
+def test_packing_is_refused_where_the_model_computes_its_own_positions(family_inputs, tmp_path):
+    name, inputs = family_inputs
+    if FAMILIES[name].supports_packing:
+        pytest.skip(f"{name} takes packed position ids (tests/training/test_packing.py)")
+    config = inputs.config(tmp_path / "run", per_device_batch_size=1, max_steps=1)
+    config.data.packing = True
+    config.data.group_by_length = False
+    with pytest.raises(ConfigError, match=rf"data.packing=true: {name} computes its own position"):
+        train(config)
+    assert not list((tmp_path / "run").glob("checkpoint-*"))

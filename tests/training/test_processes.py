@@ -125,3 +125,39 @@ def test_a_signal_saves_a_checkpoint_then_resume_continues(tiny_inputs, tmp_path
     )
     assert resumed.summary["global_step"] == step + 2
     assert sorted(_losses(run)) == list(range(1, step + 3))
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_with_packing_matches_one_process(tiny_inputs, tmp_path):
+    """A packed row per rank == one process accumulating the same two rows."""
+    packing = ["data.packing=true", "data.max_length=256", "data.pack_max_tokens=420"]
+    single = tmp_path / "single"
+    config = tiny_inputs.config(
+        single, mode="full", max_steps=2, save_steps=2, per_device_batch_size=1, grad_accum=2
+    )
+    config.data.packing, config.data.max_length, config.data.pack_max_tokens = True, 256, 420
+    train(config)
+    ddp = tmp_path / "ddp"
+    launcher = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    args = _cli(tiny_inputs, ddp, "--mode", "full", "train.max_steps=2", "train.save_steps=2")
+    args += ["train.per_device_batch_size=1", *packing]
+    done = subprocess.run(
+        [*launcher, f"--master_port={_free_port()}", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((ddp / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["packing"]["samples_per_row"] > 1
+    one, two = _losses(single), _losses(ddp)
+    assert sorted(two) == [1, 2]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-4)
+    a, b = (
+        load_file(str(single / "model" / "model.safetensors")),
+        load_file(str(ddp / "model" / "model.safetensors")),
+    )
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -21,7 +21,7 @@ from typing import Any
 
 import llguidance
 import llguidance.hf
-import llguidance.torch
+import llguidance.numpy
 import numpy as np
 import torch
 from transformers import LogitsProcessor
@@ -78,7 +78,7 @@ class ListingLogitsProcessor(LogitsProcessor):
         self._done = [False] * len(matchers)
         self._prompt_len: int | None = None
         self._consumed = 0
-        self._bitmask = llguidance.torch.allocate_token_bitmask(len(matchers), vocab_size)
+        self._bitmask = llguidance.numpy.allocate_token_bitmask(len(matchers), vocab_size)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[0] != len(self.matchers):
@@ -100,9 +100,9 @@ class ListingLogitsProcessor(LogitsProcessor):
                 raise RuntimeError(f"constrained decoding, row {row}: {matcher.get_error()}")
             if not self._done[row]:
                 live.append((matcher, row))
-        self._bitmask.fill_(-1)  # finished rows: anything (generate pads them anyway)
+        self._bitmask.fill(-1)  # finished rows: anything (generate pads them anyway)
         for matcher, row in live:  # one thread: llguidance's pool stalls on a busy 2-core machine
-            llguidance.torch.fill_next_token_bitmask(matcher, self._bitmask, row)
+            llguidance.numpy.fill_next_token_bitmask(matcher, self._bitmask, row)
         return _mask(scores, _allowed(self._bitmask, self.vocab_size))
 
 
@@ -130,10 +130,10 @@ def _ll_tokenizer(tokenizer: Any, end_token_id: int) -> Any:
     return by_end[end_token_id]
 
 
-def _allowed(bitmask: torch.Tensor, vocab_size: int) -> np.ndarray:
+def _allowed(bitmask: np.ndarray, vocab_size: int) -> np.ndarray:
     """``(batch, words)`` int32 bitmask -> ``(batch, vocab_size)`` bool: token ``i`` is bit ``i % 32``
     of word ``i // 32`` (little-endian words, so bit ``i % 8`` of byte ``i // 8``)."""
-    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
+    bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")
     return bits[:, :vocab_size].astype(bool)
 
 

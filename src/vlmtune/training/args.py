@@ -41,8 +41,9 @@ class ModelArgs:
     """Checkpoint folder to fine-tune (config.json, safetensors, tokenizer and processor files): an
     official-layout Phi-3-V, or a Qwen2.5-VL / Qwen2-VL, SmolVLM or Gemma 3 checkpoint; the family
     is read from config.json's model_type."""
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    """Attention kernel of the decoder and the vision tower."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel of the decoder and the vision tower; flash_attention_2 needs the flash-attn
+    package and a CUDA GPU (with data.packing it runs transformers' varlen path)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype; ``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU).
 
@@ -73,6 +74,13 @@ class DataArgs:
     """Longest sequence (prompt + image tokens + answer) trained on; longer samples are dropped and counted."""
     group_by_length: bool = False
     """Batch samples of similar length together (less padding)."""
+    packing: bool = False
+    """Pack several training samples into each row, without padding (first-fit decreasing by
+    length); each sample attends only to itself and the loss is the unpacked one. A forward pass
+    is then one row of up to ``pack_max_tokens`` tokens (train.per_device_batch_size must be 1);
+    evaluation is not packed."""
+    pack_max_tokens: int = 16384
+    """Tokens per packed row (with ``packing``); at least ``max_length``, so every sample fits."""
     max_bad_image_fraction: float = 0.02
     """Stop the run (listing the files) when more than this fraction of training images is missing or unreadable."""
     train_split: str = "train"
@@ -97,6 +105,15 @@ class DataArgs:
             )
         if self.preflight_samples < 1:
             raise ValueError(f"preflight_samples: {self.preflight_samples} must be at least 1")
+        if self.packing and self.pack_max_tokens < self.max_length:
+            raise ValueError(
+                f"pack_max_tokens: {self.pack_max_tokens} is below max_length {self.max_length}; "
+                "raise it so that every sample fits in a row"
+            )
+        if self.packing and self.group_by_length:
+            raise ValueError(
+                "group_by_length and packing both fight padding, packing without any: turn one off"
+            )
 
 
 @dataclass
@@ -287,6 +304,13 @@ class TrainConfig:
             raise ValueError(
                 f"train.save_steps={t.save_steps} must be a multiple of train.eval_steps={t.eval_steps} "
                 "when train.metric_for_best is set (the best checkpoint is chosen at evaluations)"
+            )
+
+        if self.data.packing and t.per_device_batch_size != 1:
+            raise ValueError(
+                f"data.packing=true makes each forward pass one packed row of data.pack_max_tokens "
+                f"tokens: set train.per_device_batch_size=1 (not {t.per_device_batch_size}) and size "
+                "the batch with data.pack_max_tokens"
             )
 
     def require_paths(self) -> None:

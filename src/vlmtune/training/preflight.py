@@ -75,6 +75,13 @@ def check_backends(config: TrainConfig) -> None:
                 f"accelerate launched this run with {name} ({variable}), which needs CUDA GPUs; none is "
                 "available: launch without --config_file configs/fsdp.yaml (plain data parallel works on CPU)"
             )
+    if config.model.attn_implementation == "flash_attention_2" and (
+        importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available()
+    ):
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA "
+            "GPU; use model.attn_implementation=sdpa"
+        )
     if config.train.mode == "qlora" and (
         importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available()
     ):

@@ -27,6 +27,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlmtune.data.collator import VisionSFTCollator
+from vlmtune.data.packing import PackingCollator
 from vlmtune.data.prepared import load_prepared
 from vlmtune.inference.listing_schema import schema_from_dataset
 from vlmtune.models.families import family_of
@@ -34,6 +35,7 @@ from vlmtune.models.phi3v import copy_remote_code
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import build_datasets, build_model, load_processor
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics
+from vlmtune.training.packing import packed_train_dataset
 from vlmtune.training.preflight import check_backends, check_inputs, preflight_summary
 from vlmtune.training.run_folder import (
     RUN_CONFIG,
@@ -122,15 +124,24 @@ def _setup(
     summary = preflight_summary(model, datasets, config, args)
     if args.should_save:
         save_config(config, run_dir / RUN_CONFIG)
+    token_keys = getattr(processor, "token_input_keys", ())
+    train_dataset = datasets.train
+    collator = VisionSFTCollator(processor.tokenizer.pad_token_id, token_keys=token_keys)
+    if config.data.packing:
+        _check_packing(model)
+        train_dataset = packed_train_dataset(train_dataset, config.data.pack_max_tokens, model)
+        collator = PackingCollator(processor.tokenizer.pad_token_id)
+        summary["packing"] = {
+            "rows": len(train_dataset),
+            "samples_per_row": round(train_dataset.num_samples / len(train_dataset), 3),
+            "pad_fraction": round(train_dataset.pad_fraction(), 4),
+        }
     trainer = VlmTrainer(
         model=model,
         args=args,
-        train_dataset=datasets.train,
+        train_dataset=train_dataset,
         eval_dataset=datasets.eval,
-        data_collator=VisionSFTCollator(
-            processor.tokenizer.pad_token_id,
-            token_keys=getattr(processor, "token_input_keys", ()),
-        ),
+        data_collator=collator,
         processing_class=processor,
         callbacks=[MetricsJsonlCallback(run_dir / "metrics.jsonl")],
         generation_eval=generation_eval,
@@ -283,6 +294,16 @@ def training_arguments(
         deepspeed=str(t.deepspeed) if t.deepspeed else None,
         disable_tqdm=True,
     )
+
+
+def _check_packing(model: torch.nn.Module) -> None:
+    """Packing passes its own position ids, which only families with 1-D positions can take."""
+    family = family_of(model)
+    if not family.supports_packing:
+        raise ConfigError(
+            f"data.packing=true: {family.name} computes its own position ids from the images "
+            "(packing would overwrite them); set data.packing=false"
+        )
 
 
 def _find_unused(config: TrainConfig, model: torch.nn.Module) -> bool:

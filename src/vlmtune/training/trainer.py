@@ -160,7 +160,8 @@ class VlmTrainer(Trainer):
         if not bad:
             return
         bad = self._bad_before + bad
-        total = len(self.train_dataset) + len(self._bad_before)
+        rows = getattr(self.train_dataset, "num_samples", None) or len(self.train_dataset)
+        total = rows + len(self._bad_before)  # samples, also when packed into fewer rows
         if len(bad) / total > self.max_bad_image_fraction:
             raise BadImagesError(
                 bad_images_message(

@@ -69,6 +69,9 @@ class ModelFamily(Protocol):
     """Linear layers adapted per component by default (leaf names; ``all`` for every one)."""
     vision_modules: tuple[str, ...]
     """Module names (prefixes) of the vision tower, what ``frozen_vision`` freezes."""
+    supports_packing: bool
+    """Whether ``data.packing`` (several samples per row, position ids restarting per sample) fits
+    the model: not for Qwen-VL's multimodal RoPE or families whose image attention reads token types."""
     special_tokens: tuple[str, ...]
     """The special tokens of the family's tokenizer (a tiny model's vocabulary has them all)."""
 

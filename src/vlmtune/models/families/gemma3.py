@@ -104,6 +104,7 @@ class Gemma3Family:
     }
     vision_modules = ("model.vision_tower",)
     special_tokens = tuple(GEMMA_SPECIAL_TOKENS)
+    supports_packing = False
 
     def component_of(self, param_name: str) -> str:
         if "multi_modal_projector." in param_name:

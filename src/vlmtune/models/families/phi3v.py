@@ -76,6 +76,7 @@ class Phi3VFamily:
     default_lora_targets = {"language_model": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
     vision_modules = ("model.vision_embed_tokens.img_processor",)
     special_tokens = tuple(PHI3_SPECIAL_TOKENS)
+    supports_packing = True
 
     def component_of(self, param_name: str) -> str:
         return Phi3VForCausalLM.component_of(param_name)

@@ -146,6 +146,7 @@ class QwenVLFamily:
     }
     vision_modules = ("model.visual.patch_embed", "model.visual.blocks")
     special_tokens = tuple(QWEN_SPECIAL_TOKENS)
+    supports_packing = False
 
     def component_of(self, param_name: str) -> str:
         if "visual.merger." in param_name:

@@ -103,6 +103,7 @@ class SmolVLMFamily:
     }
     vision_modules = ("model.vision_model",)
     special_tokens = tuple(SMOLVLM_SPECIAL_TOKENS)
+    supports_packing = False
 
     def component_of(self, param_name: str) -> str:
         if "connector." in param_name:

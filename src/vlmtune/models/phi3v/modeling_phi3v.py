@@ -164,6 +164,10 @@ class Phi3VModel(Phi3PreTrainedModel):
             )
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = _positions_from_mask(attention_mask, inputs_embeds.shape[1])
+        if _is_packed(position_ids, attention_mask, cache):
+            # transformers reads restarting positions as sample boundaries only without a
+            # cache: a packed row never builds one, whatever config.use_cache says
+            use_cache = False
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -332,8 +336,8 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
         with or without the ``wte`` duplicate) strictly through the key table.
 
         ``torch_dtype``/``dtype``: target dtype (``"auto"`` = the checkpoint's; default float32).
-        ``attn_implementation``: ``"sdpa"`` (default) or ``"eager"``. Local folders only; a
-        ``config`` given is copied, never changed.
+        ``attn_implementation``: ``"sdpa"`` (default), ``"eager"`` or ``"flash_attention_2"``.
+        Local folders only; a ``config`` given is copied, never changed.
         """
         for flag in ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors"):
             kwargs.pop(flag, None)
@@ -418,6 +422,15 @@ def _positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Lon
     positions = attention_mask.long().cumsum(-1) - 1
     positions = positions.clamp_min(0)
     return positions[:, -length:]
+
+
+def _is_packed(
+    position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: Any
+) -> bool:
+    """True for packed rows: positions that restart within a row, no mask, no cache given."""
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return False
+    return bool((position_ids[..., 1:] <= position_ids[..., :-1]).any())
 
 
 def _resolve_dtype(requested: torch.dtype | str | None, config: Phi3VConfig) -> torch.dtype:
