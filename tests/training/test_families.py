@@ -179,6 +179,13 @@ def test_eval_predict_and_merge(family_inputs, tmp_path):
         PredictArgs(inference=inference, inputs=photos, out=tmp_path / "listings.csv")
     )
     assert len(predicted.rows) == 2 and not predicted.failures
+    # constrained decoding (the listing schema train saved) holds for every family's tokenizer
+    forced = GenerationArgs(max_new_tokens=8, batch_size=2, constrained=True)
+    constrained = InferenceArgs(model=run, generation=forced)
+    out = tmp_path / "constrained.csv"
+    (row,) = run_predict(PredictArgs(inference=constrained, inputs=photos[:1], out=out)).rows
+    assert row["raw_text"].startswith("Product: ") and row["error"] is None, row
+    assert ", Category: " in row["raw_text"] and ", Full Price: " in row["raw_text"]
 
     merged_dir = merge_adapter(run, tmp_path / "merged")
     merged = OWN_CLASSES[name].from_pretrained(str(merged_dir)).eval()
