@@ -20,8 +20,6 @@ writes attention settings into a model's config; a caller's stays as it was).
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,12 @@ from vlmtune.models.phi3v.convert_phi3v_weights import (
 )
 from vlmtune.models.phi3v.hub_files import load_generation_config, save_generation_config
 from vlmtune.models.phi3v.image_embedding_phi3v import Phi3VImageEmbedding, check_placeholder_runs
+from vlmtune.models.phi3v.sequence_phi3v import (
+    cache_argument,
+    cache_output_field,
+    is_packed,
+    positions_from_mask,
+)
 from vlmtune.utils.devices import torch_dtype
 
 __all__ = ["LORA_TARGET_MODULES", "Phi3VForCausalLM", "Phi3VModel", "lora_target_modules"]
@@ -163,8 +167,8 @@ class Phi3VModel(Phi3PreTrainedModel):
                 "inputs_embeds from embed_inputs(input_ids, pixel_values, image_sizes) alone"
             )
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
-            position_ids = _positions_from_mask(attention_mask, inputs_embeds.shape[1])
-        if _is_packed(position_ids, attention_mask, cache):
+            position_ids = positions_from_mask(attention_mask, inputs_embeds.shape[1])
+        if is_packed(position_ids, attention_mask, cache):
             # transformers reads restarting positions as sample boundaries only without a
             # cache: a packed row never builds one, whatever config.use_cache says
             use_cache = False
@@ -173,7 +177,7 @@ class Phi3VModel(Phi3PreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
-            **{_cache_argument(): cache},
+            **{cache_argument(): cache},
             **kwargs,
         )
 
@@ -292,7 +296,7 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        name = _cache_output_field()
+        name = cache_output_field()
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -311,7 +315,7 @@ class Phi3VForCausalLM(Phi3PreTrainedModel, GenerationMixin):
         if cache is not None and crossing and cache.get_seq_length() <= limit:
             cache = None
             kwargs["next_sequence_length"] = None
-        name = _cache_argument()
+        name = cache_argument()
         inputs = super().prepare_inputs_for_generation(input_ids, **{name: cache}, **kwargs)
         cache = inputs.get(name)
         if cache is not None and cache.get_seq_length() > 0:
@@ -416,23 +420,6 @@ def _init_phi3v_weights(model: nn.Module, module: nn.Module, default: Any) -> No
     default(module)
 
 
-def _positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.LongTensor:
-    """Positions counted over real tokens (left padding gets the same positions as none):
-    [B, T_total] -> [B, length] (the last ``length`` columns)."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    positions = positions.clamp_min(0)
-    return positions[:, -length:]
-
-
-def _is_packed(
-    position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: Any
-) -> bool:
-    """True for packed rows: positions that restart within a row, no mask, no cache given."""
-    if position_ids is None or attention_mask is not None or cache is not None:
-        return False
-    return bool((position_ids[..., 1:] <= position_ids[..., :-1]).any())
-
-
 def _resolve_dtype(requested: torch.dtype | str | None, config: Phi3VConfig) -> torch.dtype:
     """The load dtype: float32 by default, the checkpoint's for ``"auto"``, else as named."""
     if requested is None:
@@ -448,17 +435,3 @@ def _build_empty(cls: type[Phi3VForCausalLM], config: Phi3VConfig) -> Phi3VForCa
 
     with init_empty_weights(include_buffers=False):
         return cls(config)
-
-
-@functools.cache
-def _cache_argument() -> str:
-    """The KV cache's argument name in this transformers: ``cache`` (5.2x on; the old name is
-    deprecated there) or ``past_key_values`` (earlier 5.x)."""
-    params = inspect.signature(Phi3Model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-@functools.cache
-def _cache_output_field() -> str:
-    """The KV cache's field name in transformers' model outputs (renamed with the argument)."""
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
