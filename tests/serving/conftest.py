@@ -3,6 +3,8 @@ which starts real uvicorn servers on 127.0.0.1 in threads (see ``serve_fixtures`
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,13 +31,20 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Loaded:
 
 @pytest.fixture
 def serve(loaded: Loaded) -> Iterator[Callable[..., Running]]:
-    """``serve(**ServeArgs fields) -> Running``: a real server on 127.0.0.1 in a thread."""
-    started: list[tuple[Running, threading.Thread]] = []
+    """``serve(**ServeArgs fields) -> Running``: a real server on 127.0.0.1 in a thread.
 
-    def start(**fields: Any) -> Running:
+    ``deadline=EVENT``: every request's deadline comes when the test sets ``EVENT`` (not after
+    ``timeout`` seconds), so that what times out does not depend on the machine's speed."""
+    started: list[tuple[Running, threading.Thread]] = []
+    deadlines: list[threading.Event] = []
+
+    def start(deadline: threading.Event | None = None, **fields: Any) -> Running:
         args = ServeArgs(model=loaded.path, **{"port": 0, **fields})
         schema = loaded.schema if args.inference.generation.constrained else None
         state = build_state(args, loaded.model, loaded.processor, "listing-model", schema)
+        if deadline is not None:
+            state.deadline = functools.partial(_until_set, deadline)
+            deadlines.append(deadline)
         gated = GatedGenerate(
             listing_generator(loaded.model, loaded.processor, state.template, args, schema)
         )
@@ -52,8 +61,16 @@ def serve(loaded: Loaded) -> Iterator[Callable[..., Running]]:
         return running
 
     yield start
+    for event in deadlines:
+        event.set()
     for running, thread in started:
         running.generate.go.set()
         running.server.should_exit = True
         thread.join(30)
         running.state.batcher.close(10)
+
+
+async def _until_set(event: threading.Event) -> None:
+    """A request's deadline that comes when the test sets ``event``."""
+    while not event.is_set():
+        await asyncio.sleep(0.01)

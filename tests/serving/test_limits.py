@@ -152,7 +152,8 @@ def test_concurrent_requests_are_batched_with_the_same_texts(serve):
 
 @pytest.mark.slow
 def test_a_full_queue_is_503_with_retry_after_and_a_late_request_504(serve):
-    server = serve(max_queue=2, max_images=2, timeout=2.5)
+    deadline = threading.Event()
+    server = serve(max_queue=2, max_images=2, timeout=2.5, deadline=deadline)
     server.generate.gated = True
     one = [("images", ("p.png", PNG, "image/png"))]
     with ThreadPoolExecutor(3) as pool, httpx.Client(base_url=server.url, timeout=60) as client:
@@ -163,11 +164,12 @@ def test_a_full_queue_is_503_with_retry_after_and_a_late_request_504(serve):
         busy = client.post("/v1/listings", files=one)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert "server busy" in busy.json()["error"]["message"]
-        # the held and queued requests pass the 2.5 s deadline while the worker is held
+        deadline.set()  # the held and queued requests pass their deadline while the worker is held
         for future in [held, *queued]:
             late = future.result()
             assert late.status_code == 504 and "deadline" in late.json()["error"]["message"]
         assert server.state.batcher.depth == 0  # the timed-out images left the queue
+        deadline.clear()  # the next request has its time
         server.generate.go.set()
         assert server.generate.finished.wait(60)  # the held batch is done: the worker is free
         assert client.get("/health").json()["queue_depth"] == 0
@@ -218,7 +220,8 @@ def test_remote_images_only_when_allowed_and_through_the_url_policy(serve):
 
 @pytest.mark.slow
 def test_a_slow_client_does_not_block_others_and_meets_the_deadline(serve):
-    server = serve(timeout=5)
+    deadline = threading.Event()
+    server = serve(timeout=5, deadline=deadline)
     port = int(server.url.rsplit(":", 1)[1])
     body = b"--b\r\nContent-Disposition: form-data; name=images; filename=p.png\r\n\r\n" + PNG
     head = (
@@ -232,6 +235,7 @@ def test_a_slow_client_does_not_block_others_and_meets_the_deadline(serve):
             server.url + "/v1/listings", files=[("images", ("a.png", PNG, "image/png"))], timeout=60
         )
         assert other.status_code == 200 and other.json()["listings"][0]["parsed"]
+        deadline.set()  # the stalled upload's time is up
         answer = _response(slow)
     assert answer.startswith(b"HTTP/1.1 504"), answer
     assert b"deadline" in answer
@@ -262,4 +266,19 @@ def test_a_failed_generation_is_500_and_the_next_request_is_served(serve):
         assert failed.json()["error"]["message"] == (
             "generation failed: RuntimeError: out of memory (a test's failure)"
         )
+        assert client.post("/v1/listings", files=one).status_code == 200
+
+
+@pytest.mark.slow
+def test_without_an_injected_deadline_the_timeout_is_the_servers_clock(serve):
+    """The default deadline is ``--timeout`` seconds: a request that cannot finish (the worker
+    is held until its answer has come) gets 504 naming it."""
+    server = serve(timeout=0.5)
+    server.generate.gated = True
+    one = [("images", ("p.png", PNG, "image/png"))]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        late = client.post("/v1/listings", files=one)
+        assert late.status_code == 504, late.text
+        assert "server's 0.5 s deadline" in late.json()["error"]["message"]
+        server.generate.go.set()  # (the request may have timed out before it reached the worker)
         assert client.post("/v1/listings", files=one).status_code == 200

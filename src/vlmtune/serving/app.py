@@ -79,6 +79,9 @@ class ServeState:
     model_name: str
     args: ServeArgs
     fetcher: Fetcher | None = None
+    deadline: Callable[[], Awaitable[None]] | None = None
+    """Completes when a request's time is up; default: ``args.timeout`` seconds of the event
+    loop's clock (tests give one that completes at their signal)."""
 
 
 def create_app(state: ServeState) -> FastAPI:
@@ -289,12 +292,25 @@ async def _generate(state: ServeState, images: list[Image.Image]) -> list[BatchR
 
 
 async def _within_deadline(state: ServeState, work: Awaitable[JSONResponse]) -> JSONResponse:
+    """``work``'s answer, or 504 when the request's deadline comes first (``work`` is cancelled,
+    which drops its images from the queue)."""
+    task = asyncio.ensure_future(work)
+    timer = asyncio.ensure_future(
+        state.deadline() if state.deadline is not None else asyncio.sleep(state.args.timeout)
+    )
     try:
-        return await asyncio.wait_for(work, state.args.timeout)
-    except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when the client goes away and this request is cancelled
+        timer.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        await asyncio.gather(task, return_exceptions=True)  # let the cancellation finish
         raise ApiError(
             504, f"the request took longer than the server's {state.args.timeout:g} s deadline"
-        ) from None
+        )
+    try:
+        return task.result()
     except ImageInputError as err:
         raise ApiError(err.status, err.reason) from None
 
