@@ -17,12 +17,15 @@ import pytest
 from eval_fixtures import EvalInputs
 
 from browser import chromium, run_chromium
+from tiny_model import tiny_sizes
 from vlmtune.cli.main import main
 from vlmtune.evaluation.args import EvalArgs
 from vlmtune.evaluation.compare import CompareArgs, run_compare
 from vlmtune.evaluation.metrics import METRICS
 from vlmtune.evaluation.run import run_eval
 from vlmtune.inference.args import GenerationArgs, InferenceArgs
+from vlmtune.models.families import FAMILIES
+from vlmtune.training.init_model import InitModelArgs, init_model
 from vlmtune.utils.errors import UserError
 
 GEN = GenerationArgs(max_new_tokens=24, batch_size=4)
@@ -153,3 +156,29 @@ def test_the_page_renders_in_headless_chromium(two_evals, tmp_path):
     best = json.loads((out / "compare.json").read_text())["runs"][0]["best"]
     parse_row = re.search(r'<tr data-key="parse_rate">(.*?)</tr>', html, re.S).group(1)
     assert "parse_rate" in best and re.search(r'<td class="num best"><strong>', parse_row)
+
+
+def test_four_families_side_by_side(eval_inputs, tmp_path):
+    """A tiny model of every family, evaluated on the same rows: one column each, headed by
+    its family, and every listing of every row on the page (rendered in Chromium)."""
+    evals = []
+    for name in FAMILIES:
+        model = tmp_path / name / "base"
+        init_model(InitModelArgs(data=eval_inputs.data, out=model, family=name, **tiny_sizes()))
+        evals.append(_eval(model, eval_inputs.data, tmp_path / name / "eval", limit=3))
+    out = run_compare(CompareArgs(evals=evals, out=tmp_path / "cmp"))
+    document = json.loads((out / "compare.json").read_text())
+    assert document["rows"] == 3
+    assert [run["family"] for run in document["runs"]] == list(FAMILIES)
+    assert len({run["label"] for run in document["runs"]}) == len(FAMILIES)
+    html = (out / "compare.html").read_text()
+    exe = chromium()
+    if exe is not None:
+        dom = run_chromium(exe, tmp_path / "profile", "--dump-dom", (out / "compare.html").as_uri())
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+    assert len(re.findall(r'<td class="listing">', html)) == 3 * len(FAMILIES)
+    headers = re.findall(
+        r'<th scope="col" class="model">.*?<span class="family">(\w+)</span>', html
+    )
+    assert headers == list(FAMILIES)

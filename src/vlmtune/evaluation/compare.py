@@ -90,6 +90,8 @@ class EvalRun:
     predictions: list[dict[str, Any]]
     split: str | None = None
     cost: dict[str, float | None] = field(default_factory=dict)
+    family: str | None = None
+    """The model's family (``--family`` name), as eval recorded it."""
 
 
 def run_compare(args: CompareArgs) -> Path:
@@ -145,6 +147,7 @@ def load_eval_run(folder: str | Path) -> EvalRun:
         predictions=predictions,
         split=config.get("split"),
         cost=_training_cost(Path(model)),
+        family=document.get("family"),
     )
 
 
@@ -159,12 +162,23 @@ def _label(model: Path) -> str:
 
 
 def _unique_labels(runs: Sequence[EvalRun]) -> None:
-    seen: dict[str, int] = {}
-    for run in runs:
-        seen[run.label] = seen.get(run.label, 0) + 1
-    for run in runs:
-        if seen[run.label] > 1:
-            run.label = f"{run.label} ({run.folder.name})"
+    """Labels that two runs share get, in turn, the family, the eval folder's name and its path,
+    until every label is one run's."""
+    tells = (
+        lambda run: run.family,
+        lambda run: run.folder.name,
+        lambda run: f"{run.folder.parent.name}/{run.folder.name}",
+        lambda run: str(run.folder),
+    )
+    for tell in tells:
+        groups: dict[str, list[EvalRun]] = {}
+        for run in runs:
+            groups.setdefault(run.label, []).append(run)
+        for label, members in groups.items():
+            told = [tell(run) for run in members]
+            if len(members) > 1 and all(told) and len(set(told)) > 1:
+                for run, text in zip(members, told, strict=True):
+                    run.label = f"{label} ({text})"
 
 
 def _training_cost(model: Path) -> dict[str, float | None]:
@@ -292,6 +306,7 @@ def _document(runs: Sequence[EvalRun], table: Sequence[MetricRow]) -> dict[str, 
                 "label": run.label,
                 "eval": str(run.folder),
                 "model": run.model,
+                "family": run.family,
                 "metrics": {row.key: row.values[i] for row in table},
                 "best": [row.key for row in table if row.best[i]],
                 "cost": run.cost,
@@ -309,7 +324,15 @@ def render_comparison(runs: Sequence[EvalRun], table: Sequence[MetricRow], max_s
     return render_template(
         "compare.html",
         title=f"vlmtune compare: {', '.join(run.label for run in runs)}",
-        runs=[{"label": run.label, "model": run.model, "folder": str(run.folder)} for run in runs],
+        runs=[
+            {
+                "label": run.label,
+                "model": run.model,
+                "folder": str(run.folder),
+                "family": run.family,
+            }
+            for run in runs
+        ],
         rows=len(runs[0].predictions),
         split=runs[0].split,
         metrics=[

@@ -47,6 +47,7 @@ from vlmtune.evaluation.evaluate import (
 from vlmtune.evaluation.report import ReportData, find_training_log, read_training_log, write_report
 from vlmtune.inference.listing_schema import ListingSchema, resolve_schema
 from vlmtune.inference.loading import ModelLocation, check_model, load_model_and_processor
+from vlmtune.models.families import family_of_folder
 from vlmtune.utils.config import config_to_dict
 from vlmtune.utils.devices import dtype_name, resolve_device, resolve_dtype
 from vlmtune.utils.io import atomic_path, atomic_write_json
@@ -279,7 +280,9 @@ def _write_results(plan: EvalPlan, args: EvalArgs, result: EvalResult) -> Path:
         _write_jsonl(staging / "predictions.jsonl", result.predictions)
         if result.base_predictions is not None:
             _write_jsonl(staging / "base_predictions.jsonl", result.base_predictions)
-        atomic_write_json(staging / "metrics.json", _metrics_document(args, result))
+        document = _metrics_document(args, result)
+        document["family"] = family_of_folder(plan.model.base_dir or plan.model.model_dir).name
+        atomic_write_json(staging / "metrics.json", document)
         write_report(staging / "report.html", report)
     log.info("wrote predictions.jsonl, metrics.json and report.html to %s", plan.out.path)
     return plan.out.path
