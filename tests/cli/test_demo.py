@@ -156,5 +156,7 @@ def test_demo_builds_and_trains_the_family_it_is_given(tmp_path, monkeypatch):
         if '"loss"' in line
     ]
     assert losses[-1] < losses[0]
-    with pytest.raises(ValueError, match="unknown model family 'llava'.*phi3v, qwen2_5_vl"):
+    with pytest.raises(
+        ValueError, match="unknown model family 'llava'.*gemma3, phi3v, qwen2_5_vl, smolvlm"
+    ):
         DemoArgs(out=out, family="llava")

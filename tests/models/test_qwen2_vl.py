@@ -18,13 +18,13 @@ from vlmtune.models.families.qwen2_5_vl import (
     QWEN_CHAT_TEMPLATE,
     QWEN_SPECIAL_TOKENS,
     Qwen2VLImageTextProcessor,
-    _tokenizer,
+    train_tokenizer,
 )
 
 
 def _tiny_qwen2_vl(folder):
     texts = ["Product: Check Wool Scarf, Category: scarves, Full Price: 450"] * 20
-    tokenizer = _tokenizer(texts, 400)
+    tokenizer = train_tokenizer(texts, 400)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     config = Qwen2VLConfig(
         text_config={

@@ -5,6 +5,7 @@ resume), eval, predict and merge work for it."""
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,11 @@ from vlmtune.inference.loading import check_model, load_model_and_processor
 from vlmtune.models.families import FAMILIES, UnknownFamilyError, family_of_folder
 from vlmtune.models.folder import ModelFolderError
 from vlmtune.models.phi3v import Phi3VForCausalLM
-from vlmtune.training.args import LoraArgs, ModelArgs, TrainArgs
+from vlmtune.training.args import LoraArgs, ModelArgs, TrainArgs, TrainConfig
 from vlmtune.training.build import build_model, load_processor
 from vlmtune.training.merge import merge_adapter
 from vlmtune.training.train import train
-from vlmtune.utils.config import ConfigError
+from vlmtune.utils.config import ConfigError, load_config
 
 OWN_CLASSES = {
     "phi3v": Phi3VForCausalLM,
@@ -113,7 +114,7 @@ def test_an_unknown_model_type_lists_the_supported_ones(tmp_path, tiny_inputs):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
     with pytest.raises(
-        UnknownFamilyError, match="'llava'.*supported model types: phi3_v, qwen2.*idefics3, gemma3"
+        UnknownFamilyError, match="'llava'.*supported model types: gemma3, phi3_v, qwen2.*idefics3$"
     ):
         family_of_folder(folder)
     with pytest.raises(ModelFolderError, match=r"^--model .*'llava'.*phi3_v") as err:
@@ -209,15 +210,19 @@ def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs,
     for name in sorted(FAMILIES):
         out = tmp_path / name
         words = ["init-model", "--data", str(tiny_inputs.data), "--out", str(out)]
-        assert main([*words, "--family", name, *tiny_overrides(vocab_size=400)]) == 0
+        assert main([*words, "--tiny", "--family", name, *tiny_overrides(vocab_size=400)]) == 0
         assert family_of_folder(out).name == name
     capsys.readouterr()
+    refused = ["init-model", "--data", str(tiny_inputs.data), "--out", str(tmp_path / "real")]
+    assert main([*refused, "--no-tiny", "--family", "qwen2_5_vl"]) == 2
+    assert "hf download" in capsys.readouterr().err
+    assert not (tmp_path / "real").exists()
     bad = ["init-model", "--data", str(tiny_inputs.data), "--out", str(tmp_path / "x")]
     assert main([*bad, "--family", "llava"]) == 2
     err = capsys.readouterr().err.strip()
     assert (
         "'llava'" in err
-        and "phi3v, qwen2_5_vl, smolvlm, gemma3" in err
+        and "gemma3, phi3v, qwen2_5_vl, smolvlm" in err
         and len(err.splitlines()) == 1
     )
     assert not (tmp_path / "x").exists()
@@ -231,8 +236,8 @@ def test_images_with_different_tile_counts_batch_together(tmp_path, tiny_inputs)
                  "--family", "smolvlm", *tiny_overrides(vocab_size=400)]) == 0  # fmt: skip
     family = FAMILIES["smolvlm"]
     processor = family.load_processor(folder)
-    processor.image_processor.do_image_splitting = True  # 56 px tiles of images resized to 112 px
-    processor.image_processor.size = {"longest_edge": 112}
+    assert processor.image_processor.do_image_splitting  # as the real checkpoints
+    processor.image_processor.size = {"longest_edge": 112}  # 56 px tiles of images at 112 px
     model = family.load_model(folder, torch.float32)
     template = PromptTemplate()
     images = [Image.new("RGB", (112, 56), "red"), Image.new("RGB", (112, 112), "blue")]
@@ -276,3 +281,61 @@ def test_packing_is_refused_where_the_model_computes_its_own_positions(family_in
     with pytest.raises(ConfigError, match=rf"data.packing=true: {name} computes its own position"):
         train(config)
     assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_max_image_pixels_sizes_the_images_where_the_family_has_a_pixel_budget(
+    family_inputs, tmp_path
+):
+    """``model.max_image_pixels`` is Qwen's ``max_pixels`` and SmolVLM's longest edge in whole
+    tiles; the trained model's processor keeps it. Phi-3-V (num_crops) and Gemma 3 (one fixed
+    size) refuse it before training, naming their own knob."""
+    name, inputs = family_inputs
+    config = inputs.config(tmp_path / "run", mode="lora", max_steps=1, save_steps=1)
+    config.model.max_image_pixels = 112 * 140
+    if name in ("phi3v", "gemma3"):
+        knob = "num_crops" if name == "phi3v" else "one size"
+        with pytest.raises(ConfigError, match=rf"max_image_pixels=15680: .*{knob}"):
+            train(config)
+        assert not list((tmp_path / "run").glob("checkpoint-*"))
+        return
+    image = Image.open(next((inputs.data / "images").iterdir())).convert("RGB")  # 112x140
+    base = FAMILIES[name].load_processor(inputs.checkpoint)
+    trained = FAMILIES[name].load_processor(train(config).model_dir)
+    if name == "qwen2_5_vl":  # the whole photo: 4 x 5 merged 28 px patches
+        assert base.num_image_tokens(image) < trained.num_image_tokens(image) == 20
+    else:  # SmolVLM: 112 px = 2 tiles of 56 px, the longest edge whose square fits 15,680 pixels
+        assert base.image_processor.size.longest_edge == 56
+        assert trained.image_processor.size.longest_edge == 112
+        assert trained.num_image_tokens(image) > base.num_image_tokens(image)  # tiles + global
+
+
+@pytest.mark.slow
+def test_the_familys_gpu_recipe_runs_on_its_tiny_model(family_inputs, tmp_path):
+    """``configs/FAMILY_lora.yaml`` (``lora.yaml`` for Phi-3-V) loads and trains on the family's
+    tiny model as a GPU user would start it (gradient checkpointing, LoRA), and the model keeps
+    the image size it trained at."""
+    name, inputs = family_inputs
+    configs = resources.files("vlmtune") / "configs"
+    own = configs / f"{name}_lora.yaml"
+    recipe = own if own.is_file() else configs / "lora.yaml"
+    assert own.is_file() or name == "phi3v", f"{name} has no recipe of its own"
+    run = tmp_path / "run"
+    overrides = [
+        f"model.path={inputs.checkpoint}", f"data.path={inputs.data}", f"train.output_dir={run}",
+        "train.max_steps=2", "train.per_device_batch_size=2",
+        "train.grad_accum=1", "train.eval_steps=2", "train.save_steps=2",
+        "train.metric_for_best=eval_loss", "train.report_to=none", "train.dataloader_workers=0",
+        "data.eval_limit=4",
+    ]  # fmt: skip
+    with resources.as_file(recipe) as path:
+        if load_config(TrainConfig, path, overrides).model.max_image_pixels is not None:
+            # the recipe's budget in the tiny model's 56 px tiles would be 20 tiles a side
+            overrides.append(f"model.max_image_pixels={112 * 112}")
+        config = load_config(TrainConfig, path, overrides)
+    result = train(config)
+    assert result.summary["global_step"] == 2 and result.model_dir is not None
+    pixels = config.model.max_image_pixels
+    if pixels is not None:  # the model keeps the recipe's image size
+        size = FAMILIES[name].load_processor(result.model_dir).image_processor.size
+        base = FAMILIES[name].load_processor(inputs.checkpoint).image_processor.size
+        assert base.longest_edge < size.longest_edge <= pixels

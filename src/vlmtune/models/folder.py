@@ -14,6 +14,9 @@ safetensors, is what this prevents. :func:`check_model_folder` reads no weights:
 - pickle weights (``pytorch_model.bin``, ``*.pt``...) are refused: vlmtune never unpickles, since
   loading a pickle can run arbitrary code.
 
+:func:`copy_remote_code` carries a checkpoint's remote-code files (``*.py``, which vlmtune never
+runs) over to a model folder derived from it, so other runtimes load it where they loaded the base.
+
 Each problem is a :class:`ModelFolderError` (a :class:`~vlmtune.utils.errors.UserError`) whose
 one-line message names the file and the fix.
 """
@@ -23,12 +26,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from vlmtune.utils.errors import UserError
+from vlmtune.utils.io import atomic_path
 
 __all__ = [
     "CorruptWeightsError",
@@ -38,6 +43,7 @@ __all__ = [
     "ModelFolderError",
     "PickleWeightsError",
     "check_model_folder",
+    "copy_remote_code",
 ]
 
 _SINGLE = "model.safetensors"
@@ -120,6 +126,19 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
         return _checked_shards(folder, config)
     files = [_required(folder, _SINGLE, "model", "pytorch_model.bin")]
     return _checked(folder, "checkpoint", config, files)
+
+
+def copy_remote_code(source: str | Path, folder: str | Path) -> list[str]:
+    """Copy the ``*.py`` files of checkpoint folder ``source`` (its remote code) into ``folder``,
+    atomically each, following symbolic links (hub caches link to blobs). Returns their names."""
+    source, folder = Path(source), Path(folder)
+    copied = []
+    for path in sorted(source.glob("*.py")):
+        if path.is_file():
+            with atomic_path(folder / path.name) as tmp:
+                shutil.copyfile(path, tmp)
+            copied.append(path.name)
+    return copied
 
 
 def _read_config(path: Path, folder: Path, require_model_type: bool) -> dict[str, Any]:

@@ -54,12 +54,20 @@ class ModelArgs:
     num_crops: int | None = None
     """Maximum number of image crops of Phi-3-V's HD transform (other families ignore it); None keeps
     the checkpoint's preprocessor value."""
+    max_image_pixels: int | None = None
+    """Most pixels an image keeps before it becomes image tokens, for the families that size
+    images by a pixel budget: Qwen2.5-VL / Qwen2-VL (``max_pixels``; 1003520 = 1280 tokens) and
+    SmolVLM (the longest edge, in whole 384-pixel tiles, whose square fits). None keeps the
+    checkpoint's value; Phi-3-V (``num_crops``) and Gemma 3 (one fixed size) refuse it. The
+    trained model's processor keeps it, so eval, predict and serve see the same images."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
 
     def __post_init__(self) -> None:
         if self.num_crops is not None and self.num_crops < 1:
             raise ValueError(f"num_crops: {self.num_crops} must be at least 1")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels: {self.max_image_pixels} must be at least 1")
 
 
 @dataclass

@@ -66,8 +66,10 @@ def weights_dtype(model_args: ModelArgs, train_args: TrainArgs) -> torch.dtype:
 
 
 def load_processor(args: ModelArgs) -> Any:
-    """The checkpoint's processor (its family's), with ``num_crops`` overridden when set."""
-    processor = family_of_folder(args.path).load_processor(Path(args.path), args.num_crops)
+    """The checkpoint's processor (its family's), with its image size (``num_crops`` or
+    ``max_image_pixels``) overridden when set."""
+    family = family_of_folder(args.path)
+    processor = family.load_processor(Path(args.path), args.num_crops, args.max_image_pixels)
     if processor.tokenizer.pad_token_id is None:
         raise ConfigError(
             f"the tokenizer of {str(args.path)!r} has no pad token; set pad_token in tokenizer_config.json"

@@ -44,6 +44,10 @@ class InitModelArgs:
     """Folder to write the checkpoint to (the family's checkpoint layout); replaced atomically."""
     family: str = flag("--family", default="phi3v")
     """Model family to build (phi3v, qwen2_5_vl, smolvlm, gemma3)."""
+    tiny: bool = flag("--tiny/--no-tiny", default=True)
+    """A small random model of the sizes below, the only kind init-model builds: a real model's
+    weights come from its published checkpoint (``hf download REPO --local-dir DIR``), which every
+    command takes as ``--model DIR``."""
     seed: int = flag("--seed", default=0)
     """Seed of the random weights and of the tokenizer trainer."""
     overwrite: bool = flag("--overwrite", default=False)
@@ -68,7 +72,10 @@ class InitModelArgs:
     vision_intermediate_size: int = 256
     """Width of the CLIP MLP (4096 in the real model)."""
     crop_size: int = 112
-    """Side of one image crop in pixels (336 in the real model)."""
+    """Side of one image crop in pixels (336 in the real model). Qwen-VL's tiny processor keeps
+    up to 2 x crop_size^2 pixels of a photo and Gemma 3's image side is about sqrt(2) x this one
+    (168 px for 112): about the pixels of Phi-3-V's crop and global view. SmolVLM's tile is this
+    side (a photo at most one tile long is its global view alone)."""
     patch_size: int = 14
     """Side of one CLIP patch in pixels; ``crop_size / patch_size`` must be even (2x2 merge)."""
     num_crops: int = 1
@@ -78,6 +85,12 @@ class InitModelArgs:
 
     def __post_init__(self) -> None:
         family = family_named(self.family)  # an unknown name stops here, listing the supported ones
+        if not self.tiny:
+            raise ConfigError(
+                "--no-tiny: init-model builds only small random models (for offline runs and "
+                "tests); download the real checkpoint instead (hf download REPO --local-dir DIR) "
+                "and pass --model DIR to train"
+            )
         for key in _SIZES:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -132,7 +145,9 @@ def init_model(args: InitModelArgs) -> Path:
     """
     data, out = Path(args.data), Path(args.out)
     _check_data(data)
-    identity = {k: v for k, v in config_to_dict(args).items() if k not in ("out", "overwrite")}
+    identity = {
+        k: v for k, v in config_to_dict(args).items() if k not in ("out", "overwrite", "tiny")
+    }
     identity["data"] = str(data.expanduser().resolve())
     claim_output_dir(
         out, "init-model", inputs={"the dataset": data}, overwrite=args.overwrite, identity=identity

@@ -31,7 +31,7 @@ from vlmtune.data.packing import PackingCollator
 from vlmtune.data.prepared import load_prepared
 from vlmtune.inference.listing_schema import schema_from_dataset
 from vlmtune.models.families import family_of
-from vlmtune.models.phi3v import copy_remote_code
+from vlmtune.models.folder import copy_remote_code
 from vlmtune.training.args import TrainConfig
 from vlmtune.training.build import build_datasets, build_model, load_processor
 from vlmtune.training.callbacks import MetricsJsonlCallback, SignalCheckpointCallback, read_metrics

@@ -1,23 +1,23 @@
 """Model families behind one interface (:class:`~vlmtune.models.families.base.ModelFamily`).
 
 A checkpoint's family is found from its ``config.json`` ``model_type``; an unknown type stops
-with the list of supported ones. Adding a family is one module here (a ``ModelFamily`` object
-whose processor fulfils ``ChatProcessor``) plus its entry in :data:`FAMILIES`.
+with the list of supported ones. Adding a family is one module in this package that defines
+``FAMILY`` (a ``ModelFamily`` whose processor fulfils ``ChatProcessor``; for a family on
+transformers' own classes, a :class:`~vlmtune.models.families.hf.TransformersFamily`): it is
+found here, and nothing else names it.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from vlmtune.models.families.base import COMPONENTS, ChatProcessor, ModelFamily, TinySizes
-from vlmtune.models.families.gemma3 import GEMMA3
-from vlmtune.models.families.phi3v import PHI3V
-from vlmtune.models.families.qwen2_5_vl import QWEN2_5_VL
-from vlmtune.models.families.smolvlm import SMOLVLM
 from vlmtune.utils.errors import UserError
 
 __all__ = [
@@ -33,9 +33,18 @@ __all__ = [
     "family_of_type",
 ]
 
-FAMILIES: dict[str, ModelFamily] = {
-    family.name: family for family in (PHI3V, QWEN2_5_VL, SMOLVLM, GEMMA3)
-}
+
+def _discover() -> dict[str, ModelFamily]:
+    """The ``FAMILY`` of every module of this package, by name, in the order of the module names."""
+    found: dict[str, ModelFamily] = {}
+    for module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+        family = getattr(importlib.import_module(f"{__name__}.{module}"), "FAMILY", None)
+        if family is not None:
+            found[family.name] = family
+    return found
+
+
+FAMILIES: dict[str, ModelFamily] = _discover()
 """Every supported family by its ``--family`` name."""
 
 

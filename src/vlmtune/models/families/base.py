@@ -86,8 +86,12 @@ class ModelFamily(Protocol):
         """The model of checkpoint ``folder`` in ``dtype`` (CPU, eval mode)."""
         ...
 
-    def load_processor(self, folder: Path, num_crops: int | None = None) -> ChatProcessor:
-        """The processor of checkpoint ``folder`` (``num_crops``: the image-size knob, when set)."""
+    def load_processor(
+        self, folder: Path, num_crops: int | None = None, max_image_pixels: int | None = None
+    ) -> ChatProcessor:
+        """The processor of checkpoint ``folder``, with the family's image-size knob set when given:
+        ``num_crops`` (Phi-3-V's HD crops) or ``max_image_pixels`` (a pixel budget per image).
+        A knob the family does not have raises ``ConfigError`` naming the one it has."""
         ...
 
     def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,14 +7,14 @@ Gemma 3 decoder (``model.language_model``). The processor writes ``<start_of_ima
 ``image_seq_length`` ``<image_soft_token>`` placeholders, then ``<end_of_image>``, and returns
 ``token_type_ids`` (1 on the soft tokens), which the model needs in training for the image's
 bidirectional attention; vlmtune passes them on. Images go through the PIL image processor at one
-fixed size (no pan-and-scan). The assistant's turn is ``<start_of_turn>model`` and ends with
-``<end_of_turn>``.
+fixed size (896 px, 256 soft tokens in the real checkpoints; no pan-and-scan), so
+``model.max_image_pixels`` does not apply. The assistant's turn is ``<start_of_turn>model`` and
+ends with ``<end_of_turn>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,28 +23,14 @@ from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
     Gemma3Processor,
-    PreTrainedTokenizerFast,
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.hf import (
-    load_pretrained,
-    processor_class_of,
-    render_image_question,
-    save_pretrained_folder,
-    state_in_model_names,
-    vllm_serve_command,
-)
-from vlmtune.models.families.tokenizer import train_byte_bpe
+from vlmtune.models.families.hf import TransformersFamily, one_view_side, render_image_question
+from vlmtune.models.families.tokenizer import chat_tokenizer
 
-__all__ = [
-    "GEMMA3",
-    "GEMMA_CHAT_TEMPLATE",
-    "GEMMA_SPECIAL_TOKENS",
-    "Gemma3Family",
-    "Gemma3ImageTextProcessor",
-]
+__all__ = ["FAMILY", "GEMMA_CHAT_TEMPLATE", "GEMMA_SPECIAL_TOKENS", "Gemma3ImageTextProcessor"]
 
 GEMMA_SPECIAL_TOKENS = [
     "<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
@@ -86,112 +72,47 @@ class Gemma3ImageTextProcessor(Gemma3Processor):
         return int(self.image_seq_length)
 
 
-class Gemma3Family:
-    """Gemma 3: ``model.vision_tower`` (SigLIP), ``model.multi_modal_projector``, the decoder."""
-
-    name = "gemma3"
-    model_types = ("gemma3",)
-    default_lora_targets = {
-        "language_model": (
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        )
-    }
-    vision_modules = ("model.vision_tower",)
-    special_tokens = tuple(GEMMA_SPECIAL_TOKENS)
-    supports_packing = False
-
-    def component_of(self, param_name: str) -> str:
-        if "multi_modal_projector." in param_name:
-            return "projector"
-        if "vision_tower." in param_name:
-            return "vision_tower"
-        return "language_model"
-
-    def load_model(
-        self, folder: Path, dtype: torch.dtype, attn_implementation: str = "sdpa"
-    ) -> nn.Module:
-        return load_pretrained(Gemma3ForConditionalGeneration, folder, dtype, attn_implementation)
-
-    def load_processor(self, folder: Path, num_crops: int | None = None) -> Any:
-        del num_crops  # one fixed image size (the image processor's)
-        by_type = {"gemma3": Gemma3ImageTextProcessor}
-        return processor_class_of(folder, by_type, Gemma3ImageTextProcessor).from_pretrained(
-            str(folder)
-        )
-
-    def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-        return state_in_model_names(Gemma3ForConditionalGeneration, folder)
-
-    def save(
-        self,
-        model: nn.Module,
-        processor: Any,
-        folder: Path,
-        *,
-        source: Path | None = None,
-        max_shard_size: int | str = "5GB",
-    ) -> Path:
-        del source  # transformers' own classes: nothing to carry over
-        return save_pretrained_folder(model, processor, folder, max_shard_size)
-
-    def serve_command(self, folder: Path) -> str:
-        return vllm_serve_command(folder)
-
-    def missing_for_serving(self, folder: Path) -> list[str]:
-        return []
-
-    def build_tiny(
-        self, texts: Iterable[str], sizes: TinySizes, seed: int
-    ) -> tuple[nn.Module, Any]:
-        tokenizer = _tokenizer(texts, sizes["vocab_size"])
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIAL_TOKENS}
-        # the projector pools the patch grid 2x2: (crop / patch / 2)^2 soft tokens per image
-        tokens = (sizes["crop_size"] // sizes["patch_size"] // 2) ** 2
-        torch.manual_seed(seed)
-        model = Gemma3ForConditionalGeneration(_tiny_config(sizes, len(tokenizer), ids, tokens))
-        model.generation_config.eos_token_id = [ids["<end_of_turn>"], ids["<eos>"]]
-        model.generation_config.pad_token_id = ids["<pad>"]
-        side = sizes["crop_size"]
-        image_processor = Gemma3ImageProcessorPil(
-            size={"height": side, "width": side}, do_pan_and_scan=False
-        )
-        processor = Gemma3ImageTextProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            chat_template=GEMMA_CHAT_TEMPLATE,
-            image_seq_length=tokens,
-        )
-        return model, processor
-
-
-def _tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    tok = train_byte_bpe(texts, vocab_size, GEMMA_SPECIAL_TOKENS, unk_token="<unk>")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+def _build_tiny(texts: Iterable[str], sizes: TinySizes, seed: int) -> tuple[nn.Module, Any]:
+    tokenizer = chat_tokenizer(
+        texts,
+        sizes["vocab_size"],
+        GEMMA_SPECIAL_TOKENS,
+        GEMMA_CHAT_TEMPLATE,
+        unk_token="<unk>",
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",
-        unk_token="<unk>",
         extra_special_tokens={
             "boi_token": "<start_of_image>",
             "eoi_token": "<end_of_image>",
             "image_token": "<image_soft_token>",
         },
         additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-        chat_template=GEMMA_CHAT_TEMPLATE,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
     )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIAL_TOKENS}
+    side = one_view_side(sizes)  # Gemma sees every photo once, at this one size
+    # the projector pools the patch grid 2x2: (side / patch / 2)^2 soft tokens per image
+    tokens = (side // sizes["patch_size"] // 2) ** 2
+    torch.manual_seed(seed)
+    config = _tiny_config(sizes, len(tokenizer), ids, side, tokens)
+    model = Gemma3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [ids["<end_of_turn>"], ids["<eos>"]]
+    model.generation_config.pad_token_id = ids["<pad>"]
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": side, "width": side}, do_pan_and_scan=False
+    )
+    processor = Gemma3ImageTextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=GEMMA_CHAT_TEMPLATE,
+        image_seq_length=tokens,
+    )
+    return model, processor
 
 
-def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int], tokens: int) -> Gemma3Config:
+def _tiny_config(
+    sizes: TinySizes, vocab: int, ids: dict[str, int], side: int, tokens: int
+) -> Gemma3Config:
     hidden, heads = sizes["hidden_size"], sizes["num_attention_heads"]
     text = {
         "vocab_size": (vocab + 63) // 64 * 64,
@@ -212,7 +133,7 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int], tokens: int)
         "intermediate_size": sizes["vision_intermediate_size"],
         "num_hidden_layers": sizes["vision_layers"],
         "num_attention_heads": sizes["vision_heads"],
-        "image_size": sizes["crop_size"],
+        "image_size": side,
         "patch_size": sizes["patch_size"],
         "vision_use_head": False,
     }
@@ -226,5 +147,13 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int], tokens: int)
     )
 
 
-GEMMA3 = Gemma3Family()
+FAMILY = TransformersFamily(
+    name="gemma3",
+    classes={"gemma3": (Gemma3ForConditionalGeneration, Gemma3ImageTextProcessor)},
+    projector="multi_modal_projector.",  # average pool + RMS norm + projection matrix
+    vision_tower="vision_tower.",  # SigLIP
+    vision_modules=("model.vision_tower",),
+    special_tokens=tuple(GEMMA_SPECIAL_TOKENS),
+    tiny=_build_tiny,
+)
 """The Gemma 3 family."""

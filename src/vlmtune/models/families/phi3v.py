@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import processors
+from tokenizers import Tokenizer, processors
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.tokenizer import train_byte_bpe
+from vlmtune.models.families.tokenizer import chat_tokenizer
 from vlmtune.models.phi3v import (
     Phi3VForCausalLM,
     Phi3VImageProcessor,
@@ -30,8 +30,9 @@ from vlmtune.models.phi3v import (
     tiny_phi3v_config,
     vllm_serve_command,
 )
+from vlmtune.utils.config import ConfigError
 
-__all__ = ["PHI3V", "PHI3_CHAT_TEMPLATE", "PHI3_SPECIAL_TOKENS", "Phi3VFamily", "train_tokenizer"]
+__all__ = ["FAMILY", "PHI3_CHAT_TEMPLATE", "PHI3_SPECIAL_TOKENS", "Phi3VFamily", "train_tokenizer"]
 
 # Phi-3's special and chat tokens; <unk>, <s>, </s> take ids 0, 1, 2 as in the real vocabulary.
 PHI3_SPECIAL_TOKENS = [
@@ -49,21 +50,24 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on ``texts`` with Phi-3's special tokens, BOS added like Phi-3's tokenizer."""
     del seed  # the BPE trainer is deterministic for a given corpus order
-    tok = train_byte_bpe(texts, vocab_size, PHI3_SPECIAL_TOKENS, unk_token="<unk>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    return chat_tokenizer(
+        texts,
+        vocab_size,
+        PHI3_SPECIAL_TOKENS,
+        PHI3_CHAT_TEMPLATE,
+        unk_token="<unk>",
+        post_processor=_bos_template,
         bos_token="<s>",
         eos_token="<|endoftext|>",
-        unk_token="<unk>",
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|system|>", "<|end|>", "<|user|>", "<|assistant|>"],
-        chat_template=PHI3_CHAT_TEMPLATE,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
+    )
+
+
+def _bos_template(tok: Tokenizer) -> processors.TemplateProcessing:
+    bos = tok.token_to_id("<s>")
+    return processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
 
 
@@ -88,7 +92,14 @@ class Phi3VFamily:
             str(folder), torch_dtype=dtype, attn_implementation=attn_implementation
         )
 
-    def load_processor(self, folder: Path, num_crops: int | None = None) -> Phi3VProcessor:
+    def load_processor(
+        self, folder: Path, num_crops: int | None = None, max_image_pixels: int | None = None
+    ) -> Phi3VProcessor:
+        if max_image_pixels is not None:
+            raise ConfigError(
+                f"model.max_image_pixels={max_image_pixels}: Phi-3-V's image size is "
+                "model.num_crops (the most 336x336 crops of its HD transform); unset it"
+            )
         return Phi3VProcessor.from_pretrained(str(folder), num_crops=num_crops)
 
     def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -147,5 +158,5 @@ def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
-PHI3V = Phi3VFamily()
+FAMILY = Phi3VFamily()
 """The Phi-3-V family."""

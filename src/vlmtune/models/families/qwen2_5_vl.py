@@ -7,14 +7,13 @@ multimodal RoPE positions are computed by the model from ``image_grid_thw`` and 
 ``mm_token_type_ids`` the processor returns; vlmtune passes every processor output and never
 its own position ids. The processor is transformers' with images and text only: the stock one
 also builds a video processor, which imports torchvision (not a vlmtune dependency). Images go
-through the PIL image processor; ``num_crops`` has no meaning here (the image size is bounded by
-``max_pixels`` of ``preprocessor_config.json``).
+through the PIL image processor; their size is bounded by ``max_pixels`` (``size.longest_edge``
+of the processor config), which ``model.max_image_pixels`` sets; ``num_crops`` has no meaning here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,27 +26,22 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLProcessor,
 )
+from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.hf import (
-    load_pretrained,
-    model_type_of,
-    processor_class_of,
-    render_image_question,
-    save_pretrained_folder,
-    state_in_model_names,
-    vllm_serve_command,
-)
-from vlmtune.models.families.tokenizer import train_byte_bpe
+from vlmtune.models.families.hf import TransformersFamily, render_image_question
+from vlmtune.models.families.tokenizer import chat_tokenizer
+from vlmtune.utils.config import ConfigError
 
 __all__ = [
-    "QWEN2_5_VL",
+    "FAMILY",
     "QWEN_CHAT_TEMPLATE",
     "QWEN_SPECIAL_TOKENS",
     "Qwen2VLImageTextProcessor",
     "Qwen2_5_VLImageTextProcessor",
-    "QwenVLFamily",
+    "bound_pixels",
+    "train_tokenizer",
 ]
 
 QWEN_SPECIAL_TOKENS = [
@@ -121,108 +115,56 @@ def _merged_patches(processor: Any, image: Any) -> int:
     return int(patches // image_processor.merge_size**2)
 
 
-_CLASSES = {
-    "qwen2_5_vl": (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLImageTextProcessor),
-    "qwen2_vl": (Qwen2VLForConditionalGeneration, Qwen2VLImageTextProcessor),
-}
-
-
-class QwenVLFamily:
-    """Qwen2.5-VL / Qwen2-VL: ``model.visual.merger`` is the projector, the rest of
-    ``model.visual`` the vision tower, everything else the language model."""
-
-    name = "qwen2_5_vl"
-    model_types = tuple(_CLASSES)
-    default_lora_targets = {
-        "language_model": (
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
+def bound_pixels(processor: Any, max_pixels: int) -> None:
+    """Qwen's image size knob: ``max_pixels`` (the image processor's ``size.longest_edge``), the
+    most pixels an image keeps; it is resized, aspect kept, to a multiple of 28 pixels a side
+    (``max_pixels / 784`` image tokens at most)."""
+    image_processor = processor.image_processor
+    factor = image_processor.patch_size * image_processor.merge_size
+    smallest = max(image_processor.size.shortest_edge or 0, factor * factor)
+    if max_pixels < smallest:
+        raise ConfigError(
+            f"model.max_image_pixels={max_pixels} is below the {smallest} pixels of this "
+            "checkpoint's smallest image (min_pixels)"
         )
-    }
-    vision_modules = ("model.visual.patch_embed", "model.visual.blocks")
-    special_tokens = tuple(QWEN_SPECIAL_TOKENS)
-    supports_packing = False
-
-    def component_of(self, param_name: str) -> str:
-        if "visual.merger." in param_name:
-            return "projector"
-        if "visual." in param_name:
-            return "vision_tower"
-        return "language_model"
-
-    def load_model(
-        self, folder: Path, dtype: torch.dtype, attn_implementation: str = "sdpa"
-    ) -> nn.Module:
-        model_class = _CLASSES[model_type_of(folder)][0]
-        return load_pretrained(model_class, folder, dtype, attn_implementation)
-
-    def load_processor(self, folder: Path, num_crops: int | None = None) -> Any:
-        del num_crops  # the image size is bounded by the image processor's max_pixels
-        by_type = {key: classes[1] for key, classes in _CLASSES.items()}
-        processor_class = processor_class_of(folder, by_type, Qwen2_5_VLImageTextProcessor)
-        return processor_class.from_pretrained(str(folder))
-
-    def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-        return state_in_model_names(_CLASSES[model_type_of(folder)][0], folder)
-
-    def save(
-        self,
-        model: nn.Module,
-        processor: Any,
-        folder: Path,
-        *,
-        source: Path | None = None,
-        max_shard_size: int | str = "5GB",
-    ) -> Path:
-        del source  # transformers' own classes: nothing to carry over
-        return save_pretrained_folder(model, processor, folder, max_shard_size)
-
-    def serve_command(self, folder: Path) -> str:
-        return vllm_serve_command(folder)
-
-    def missing_for_serving(self, folder: Path) -> list[str]:
-        return []
-
-    def build_tiny(
-        self, texts: Iterable[str], sizes: TinySizes, seed: int
-    ) -> tuple[nn.Module, Any]:
-        tokenizer = _tokenizer(texts, sizes["vocab_size"])
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(_tiny_config(sizes, len(tokenizer), ids))
-        model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-        model.generation_config.pad_token_id = ids["<|endoftext|>"]
-        factor = sizes["patch_size"] * 2
-        image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=factor * factor,
-            max_pixels=max(sizes["crop_size"], factor) ** 2,
-            patch_size=sizes["patch_size"],
-            merge_size=2,
-            temporal_patch_size=2,
-        )
-        processor = Qwen2_5_VLImageTextProcessor(
-            image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
-        )
-        return model, processor
+    image_processor.size = SizeDict(
+        longest_edge=max_pixels, shortest_edge=image_processor.size.shortest_edge
+    )
 
 
-def _tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    tok = train_byte_bpe(texts, vocab_size, QWEN_SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``texts`` with Qwen's special tokens and chat template."""
+    return chat_tokenizer(
+        texts,
+        vocab_size,
+        QWEN_SPECIAL_TOKENS,
+        QWEN_CHAT_TEMPLATE,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
-        chat_template=QWEN_CHAT_TEMPLATE,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
     )
+
+
+def _build_tiny(texts: Iterable[str], sizes: TinySizes, seed: int) -> tuple[nn.Module, Any]:
+    tokenizer = train_tokenizer(texts, sizes["vocab_size"])
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(_tiny_config(sizes, len(tokenizer), ids))
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    factor = sizes["patch_size"] * 2
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=factor * factor,
+        # the pixels of the tiny Phi-3-V's crop and global view: 30 tokens of a 224x280 photo
+        max_pixels=2 * max(sizes["crop_size"], factor) ** 2,
+        patch_size=sizes["patch_size"],
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+    processor = Qwen2_5_VLImageTextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    )
+    return model, processor
 
 
 def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Qwen2_5_VLConfig:
@@ -270,5 +212,17 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Qwen2_5_V
     )
 
 
-QWEN2_5_VL = QwenVLFamily()
+FAMILY = TransformersFamily(
+    name="qwen2_5_vl",
+    classes={
+        "qwen2_5_vl": (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLImageTextProcessor),
+        "qwen2_vl": (Qwen2VLForConditionalGeneration, Qwen2VLImageTextProcessor),
+    },
+    projector="visual.merger.",  # the 2x2 patch merger; the rest of model.visual is the ViT
+    vision_tower="visual.",
+    vision_modules=("model.visual.patch_embed", "model.visual.blocks"),
+    special_tokens=tuple(QWEN_SPECIAL_TOKENS),
+    tiny=_build_tiny,
+    bound_pixels=bound_pixels,
+)
 """The Qwen2.5-VL family (also Qwen2-VL checkpoints)."""

@@ -13,8 +13,8 @@ is trained on with that space (``answer_prefix``), up to ``<end_of_utterance>``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,27 +24,20 @@ from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3Processor,
-    PreTrainedTokenizerFast,
 )
+from transformers.image_utils import SizeDict
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.hf import (
-    load_pretrained,
-    processor_class_of,
-    render_image_question,
-    save_pretrained_folder,
-    state_in_model_names,
-    vllm_serve_command,
-)
-from vlmtune.models.families.tokenizer import train_byte_bpe
+from vlmtune.models.families.hf import TransformersFamily, render_image_question
+from vlmtune.models.families.tokenizer import chat_tokenizer
 
 __all__ = [
-    "SMOLVLM",
+    "FAMILY",
     "SMOLVLM_CHAT_TEMPLATE",
     "SMOLVLM_SPECIAL_TOKENS",
-    "SmolVLMFamily",
     "SmolVLMImageTextProcessor",
+    "bound_pixels",
 ]
 
 SMOLVLM_SPECIAL_TOKENS = [
@@ -85,105 +78,49 @@ class SmolVLMImageTextProcessor(Idefics3Processor):
         return int(self.image_token_mask(ids).sum())
 
 
-class SmolVLMFamily:
-    """SmolVLM: ``model.vision_model`` (SigLIP), ``model.connector``, ``model.text_model``."""
-
-    name = "smolvlm"
-    model_types = ("idefics3",)
-    default_lora_targets = {
-        "language_model": (
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        )
-    }
-    vision_modules = ("model.vision_model",)
-    special_tokens = tuple(SMOLVLM_SPECIAL_TOKENS)
-    supports_packing = False
-
-    def component_of(self, param_name: str) -> str:
-        if "connector." in param_name:
-            return "projector"
-        if "vision_model." in param_name:
-            return "vision_tower"
-        return "language_model"
-
-    def load_model(
-        self, folder: Path, dtype: torch.dtype, attn_implementation: str = "sdpa"
-    ) -> nn.Module:
-        return load_pretrained(Idefics3ForConditionalGeneration, folder, dtype, attn_implementation)
-
-    def load_processor(self, folder: Path, num_crops: int | None = None) -> Any:
-        del num_crops  # tiles follow the image processor's max_image_size
-        by_type = {"idefics3": SmolVLMImageTextProcessor}
-        return processor_class_of(folder, by_type, SmolVLMImageTextProcessor).from_pretrained(
-            str(folder)
-        )
-
-    def checkpoint_state(self, folder: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-        return state_in_model_names(Idefics3ForConditionalGeneration, folder)
-
-    def save(
-        self,
-        model: nn.Module,
-        processor: Any,
-        folder: Path,
-        *,
-        source: Path | None = None,
-        max_shard_size: int | str = "5GB",
-    ) -> Path:
-        del source  # transformers' own classes: nothing to carry over
-        return save_pretrained_folder(model, processor, folder, max_shard_size)
-
-    def serve_command(self, folder: Path) -> str:
-        return vllm_serve_command(folder)
-
-    def missing_for_serving(self, folder: Path) -> list[str]:
-        return []
-
-    def build_tiny(
-        self, texts: Iterable[str], sizes: TinySizes, seed: int
-    ) -> tuple[nn.Module, Any]:
-        tokenizer = _tokenizer(texts, sizes["vocab_size"])
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SMOLVLM_SPECIAL_TOKENS}
-        side = sizes["crop_size"]
-        # the connector's pixel shuffle merges 2x2 patches: (crop / patch / 2)^2 tokens per tile
-        tokens = (side // sizes["patch_size"] // 2) ** 2
-        torch.manual_seed(seed)
-        model = Idefics3ForConditionalGeneration(_tiny_config(sizes, len(tokenizer), ids))
-        model.generation_config.eos_token_id = [ids["<end_of_utterance>"], ids["<|endoftext|>"]]
-        model.generation_config.pad_token_id = ids["<|endoftext|>"]
-        image_processor = Idefics3ImageProcessorPil(
-            do_image_splitting=False,
-            size={"longest_edge": side},
-            max_image_size={"longest_edge": side},
-        )
-        processor = SmolVLMImageTextProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            chat_template=SMOLVLM_CHAT_TEMPLATE,
-            image_seq_len=tokens,
-        )
-        return model, processor
+def bound_pixels(processor: Any, max_pixels: int) -> None:
+    """SmolVLM's image size knob, ``size.longest_edge`` (N x the tile side, 384 in the real
+    checkpoints): the longest edge in whole tiles whose square fits ``max_pixels``, one tile at
+    least. Larger images are resized to it and cut into tiles plus a global view."""
+    image_processor = processor.image_processor
+    tile = image_processor.max_image_size["longest_edge"]
+    tiles = max(1, math.isqrt(max_pixels) // tile)
+    image_processor.size = SizeDict(longest_edge=tiles * tile)
 
 
-def _tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    tok = train_byte_bpe(texts, vocab_size, SMOLVLM_SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+def _build_tiny(texts: Iterable[str], sizes: TinySizes, seed: int) -> tuple[nn.Module, Any]:
+    tokenizer = chat_tokenizer(
+        texts,
+        sizes["vocab_size"],
+        SMOLVLM_SPECIAL_TOKENS,
+        SMOLVLM_CHAT_TEMPLATE,
         bos_token="<|im_start|>",
         eos_token="<end_of_utterance>",
         pad_token="<|endoftext|>",
         additional_special_tokens=SMOLVLM_SPECIAL_TOKENS[3:],
-        chat_template=SMOLVLM_CHAT_TEMPLATE,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
     )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SMOLVLM_SPECIAL_TOKENS}
+    side = sizes["crop_size"]
+    # the connector's pixel shuffle merges 2x2 patches: (crop / patch / 2)^2 tokens per tile
+    tokens = (side // sizes["patch_size"] // 2) ** 2
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(_tiny_config(sizes, len(tokenizer), ids))
+    model.generation_config.eos_token_id = [ids["<end_of_utterance>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    # as the real checkpoints: an image whose longest edge (``size``) is over one tile is cut
+    # into tiles plus a global view; at one tile, as here, it is the global view alone
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=True,
+        size={"longest_edge": side},
+        max_image_size={"longest_edge": side},
+    )
+    processor = SmolVLMImageTextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+        image_seq_len=tokens,
+    )
+    return model, processor
 
 
 def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Idefics3Config:
@@ -216,5 +153,14 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Idefics3C
     )
 
 
-SMOLVLM = SmolVLMFamily()
+FAMILY = TransformersFamily(
+    name="smolvlm",
+    classes={"idefics3": (Idefics3ForConditionalGeneration, SmolVLMImageTextProcessor)},
+    projector="connector.",  # pixel shuffle + projection
+    vision_tower="vision_model.",  # SigLIP
+    vision_modules=("model.vision_model",),
+    special_tokens=tuple(SMOLVLM_SPECIAL_TOKENS),
+    tiny=_build_tiny,
+    bound_pixels=bound_pixels,
+)
 """The SmolVLM family (Idefics3 checkpoints)."""

@@ -7,11 +7,13 @@ tokens, chat template and post-processing around it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
-__all__ = ["train_byte_bpe"]
+__all__ = ["chat_tokenizer", "train_byte_bpe"]
 
 
 def train_byte_bpe(
@@ -33,3 +35,33 @@ def train_byte_bpe(
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
+
+
+def chat_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str],
+    chat_template: str,
+    *,
+    unk_token: str | None = None,
+    post_processor: Callable[[Tokenizer], Any] | None = None,
+    **roles: Any,
+) -> PreTrainedTokenizerFast:
+    """A family's tokenizer for a tiny model: :func:`train_byte_bpe` on ``texts`` with
+    ``special_tokens``, the family's ``chat_template``, the ``post_processor`` built from the trained
+    tokenizer (e.g. Phi-3's BOS template) and
+    ``roles`` (``bos_token``, ``eos_token``, ``pad_token``, ``additional_special_tokens``, ...).
+    Pads on the right, as training does; decodes without touching spaces."""
+    tok = train_byte_bpe(texts, vocab_size, special_tokens, unk_token=unk_token)
+    if post_processor is not None:
+        tok.post_processor = post_processor(tok)
+    if unk_token is not None:
+        roles["unk_token"] = unk_token
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        chat_template=chat_template,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+        **roles,
+    )

@@ -24,7 +24,6 @@ from vlmtune.models.phi3v.convert_phi3v_weights import (
     official_to_native,
 )
 from vlmtune.models.phi3v.hub_files import (
-    copy_remote_code,
     missing_remote_code,
     save_model_folder,
     vllm_serve_command,
@@ -47,7 +46,6 @@ __all__ = [
     "Phi3VModel",
     "Phi3VProcessor",
     "build_tiny_phi3v",
-    "copy_remote_code",
     "load_official_state_dict",
     "lora_target_modules",
     "missing_remote_code",

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import GenerationConfig
 
-from vlmtune.utils.io import atomic_path, atomic_write_json
+from vlmtune.models.folder import copy_remote_code
+from vlmtune.utils.io import atomic_write_json
 
 if TYPE_CHECKING:
     from vlmtune.models.phi3v.modeling_phi3v import Phi3VForCausalLM
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "END_TOKENS",
     "REMOTE_CODE_FILES",
-    "copy_remote_code",
     "load_generation_config",
     "missing_remote_code",
     "save_generation_config",
@@ -111,19 +110,6 @@ def load_generation_config(folder: str | Path) -> GenerationConfig | None:
     if not path.is_file():
         return None
     return GenerationConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def copy_remote_code(source: str | Path, folder: str | Path) -> list[str]:
-    """Copy the ``*.py`` files of checkpoint folder ``source`` (its remote code) into ``folder``,
-    atomically each, following symbolic links (hub caches link to blobs). Returns their names."""
-    source, folder = Path(source), Path(folder)
-    copied = []
-    for path in sorted(source.glob("*.py")):
-        if path.is_file():
-            with atomic_path(folder / path.name) as tmp:
-                shutil.copyfile(path, tmp)
-            copied.append(path.name)
-    return copied
 
 
 def missing_remote_code(folder: str | Path) -> list[str]:
