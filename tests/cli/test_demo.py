@@ -134,7 +134,7 @@ def test_recipes_ship_as_package_data_and_the_clone_links_to_them():
 
 @pytest.mark.slow
 def test_demo_builds_and_trains_the_family_it_is_given(tmp_path, monkeypatch):
-    from vlmtune.cli.demo import DemoArgs, run_demo
+    from vlmtune.cli.demo import DemoArgs, _packaged_recipe, run_demo
     from vlmtune.models.families import family_of_folder
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -150,6 +150,10 @@ def test_demo_builds_and_trains_the_family_it_is_given(tmp_path, monkeypatch):
     assert family_of_folder(out / "base_model").name == "qwen2_5_vl"
     assert family_of_folder(summary["paths"]["model"]).name == "qwen2_5_vl"
     assert summary["train"]["global_step"] == 12 and summary["test_rows"] > 0
+    # the family's own recipe where there is one, demo.yaml otherwise
+    assert Path(str(_packaged_recipe(args))).name == "demo_qwen2_5_vl.yaml"
+    phi3v = DemoArgs(out=out, family="phi3v")
+    assert Path(str(_packaged_recipe(phi3v))).name == "demo.yaml"
     losses = [
         json.loads(line)["loss"]
         for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
