@@ -1,15 +1,18 @@
 """Every model family through the whole pipeline on a tiny random model: its own classes load what
 init-model wrote, the labels are its chat template's, and train (LoRA, full, frozen vision,
-resume), eval, predict and merge work for it."""
+resume), eval, predict, merge and serve work for it."""
 
 from __future__ import annotations
 
 import json
+import threading
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+import uvicorn
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -28,10 +31,14 @@ from vlmtune.evaluation.args import EvalArgs, PredictArgs
 from vlmtune.evaluation.predict import run_predict
 from vlmtune.evaluation.run import run_eval
 from vlmtune.inference.args import GenerationArgs, InferenceArgs
+from vlmtune.inference.listing_schema import resolve_schema
 from vlmtune.inference.loading import check_model, load_model_and_processor
 from vlmtune.models.families import FAMILIES, UnknownFamilyError, family_of_folder
 from vlmtune.models.folder import ModelFolderError
 from vlmtune.models.phi3v import Phi3VForCausalLM
+from vlmtune.serving.app import create_app
+from vlmtune.serving.args import ServeArgs
+from vlmtune.serving.server import bind_socket, build_state
 from vlmtune.training.args import LoraArgs, ModelArgs, TrainArgs, TrainConfig
 from vlmtune.training.build import build_model, load_processor
 from vlmtune.training.merge import merge_adapter
@@ -204,6 +211,32 @@ def test_eval_predict_and_merge(family_inputs, tmp_path):
     with torch.no_grad():
         assert not torch.allclose(base(**batch).logits, merged(**batch).logits), "LoRA changed it"
     assert load_processor(ModelArgs(path=merged_dir)).end_token == processor.end_token
+    _serves_a_listing(run, adapted, processor, photos[0])
+
+
+def _serves_a_listing(run: Path, model: torch.nn.Module, processor, photo: Path) -> None:
+    """``vlmtune serve``'s app on a real server on 127.0.0.1: a photo uploaded to
+    ``/v1/listings`` comes back as a listing (constrained by the schema train saved)."""
+    args = ServeArgs(model=run, port=0, max_batch=2)
+    schema = resolve_schema(check_model(run).model_dir)
+    state = build_state(args, model, processor, "run", schema)
+    state.batcher.start()
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/listings"
+        files = [("images", (photo.name, photo.read_bytes(), "image/jpeg"))]
+        answer = httpx.post(url, files=files, timeout=120)
+        assert answer.status_code == 200, answer.text
+        (listing,) = answer.json()["listings"]
+        assert listing["raw_text"].startswith("Product: "), listing
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        state.batcher.close(10)
+        sock.close()
 
 
 def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs, tmp_path, capsys):
