@@ -173,9 +173,12 @@ def test_training_resumes_exactly(family_inputs, tmp_path, mode):
 def test_eval_predict_and_merge(family_inputs, tmp_path):
     name, inputs = family_inputs
     run = tmp_path / "run"
-    config = inputs.config(run, mode="lora", max_steps=2, save_steps=2, learning_rate=5e-3)
+    config = inputs.config(
+        run, mode="lora", max_steps=2, save_steps=2, learning_rate=5e-3, report_to="tensorboard"
+    )
     config.lora = LoraArgs(vision_tower=["all"], dropout=0.0)
     train(config)
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*")), "the tracker's log"
     generation = GenerationArgs(max_new_tokens=8, batch_size=2)
     inference = InferenceArgs(model=run, generation=generation)
     result = run_eval(EvalArgs(inference=inference, data=inputs.data, split="val", limit=3))
