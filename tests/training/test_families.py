@@ -86,6 +86,27 @@ def test_the_checkpoint_loads_with_the_familys_own_classes(family_inputs):
     assert model.get_input_embeddings().num_embeddings >= len(processor.tokenizer)
 
 
+def test_every_tiny_model_starts_at_the_tiny_phi3v_weight_scale(family_inputs):
+    """Families compared on the demo start alike: every weight matrix of a tiny model, in the
+    vision tower, projector and decoder, is drawn at the tiny Phi-3-V's scale (std 0.08), not at
+    transformers' 0.02 (Gemma 3's SigLIP keeps its own, wider initialisation; its projector
+    starts at zero)."""
+    name, inputs = family_inputs
+    model = OWN_CLASSES[name].from_pretrained(str(inputs.checkpoint))
+    stds = {
+        n: float(p.std())
+        for n, p in model.named_parameters()
+        if p.ndim >= 2
+        and not n.endswith("_GN")  # Phi-3-V's image separators
+        and "vision_tower" not in n
+        and "mm_input_projection" not in n
+    }
+    assert any("embed_tokens" in n for n in stds) and len(stds) > 10
+    assert all(0.07 < std < 0.09 for std in stds.values()), {
+        n: round(s, 3) for n, s in stds.items() if not 0.07 < s < 0.09
+    }
+
+
 def test_ids_are_the_chat_templates_and_only_the_answer_and_end_token_train(family_inputs):
     name, inputs = family_inputs
     processor = FAMILIES[name].load_processor(inputs.checkpoint)

@@ -27,7 +27,12 @@ from transformers import (
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.hf import TransformersFamily, one_view_side, render_image_question
+from vlmtune.models.families.hf import (
+    TINY_INIT_STD,
+    TransformersFamily,
+    one_view_side,
+    render_image_question,
+)
 from vlmtune.models.families.tokenizer import chat_tokenizer
 
 __all__ = ["FAMILY", "GEMMA_CHAT_TEMPLATE", "GEMMA_SPECIAL_TOKENS", "Gemma3ImageTextProcessor"]
@@ -127,6 +132,7 @@ def _tiny_config(
         "bos_token_id": ids["<bos>"],
         "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
         "pad_token_id": ids["<pad>"],
+        "initializer_range": TINY_INIT_STD,
     }
     vision = {
         "hidden_size": sizes["vision_hidden_size"],
@@ -136,6 +142,7 @@ def _tiny_config(
         "image_size": side,
         "patch_size": sizes["patch_size"],
         "vision_use_head": False,
+        "initializer_range": TINY_INIT_STD,
     }
     return Gemma3Config(
         text_config=text,

@@ -30,7 +30,7 @@ from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.hf import TransformersFamily, render_image_question
+from vlmtune.models.families.hf import TINY_INIT_STD, TransformersFamily, render_image_question
 from vlmtune.models.families.tokenizer import chat_tokenizer
 from vlmtune.utils.config import ConfigError
 
@@ -187,6 +187,7 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Qwen2_5_V
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
         "tie_word_embeddings": False,
+        "initializer_range": TINY_INIT_STD,
     }
     depth = sizes["vision_layers"]
     vision = {
@@ -200,6 +201,7 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Qwen2_5_V
         "temporal_patch_size": 2,
         "window_size": sizes["patch_size"] * 4,
         "fullatt_block_indexes": [depth - 1],
+        "initializer_range": TINY_INIT_STD,
     }
     return Qwen2_5_VLConfig(
         text_config=text,

@@ -29,7 +29,7 @@ from transformers.image_utils import SizeDict
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from vlmtune.models.families.base import TinySizes
-from vlmtune.models.families.hf import TransformersFamily, render_image_question
+from vlmtune.models.families.hf import TINY_INIT_STD, TransformersFamily, render_image_question
 from vlmtune.models.families.tokenizer import chat_tokenizer
 
 __all__ = [
@@ -135,6 +135,7 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Idefics3C
         "bos_token_id": ids["<|im_start|>"],
         "eos_token_id": ids["<end_of_utterance>"],
         "pad_token_id": ids["<|endoftext|>"],
+        "initializer_range": TINY_INIT_STD,
     }
     vision = {
         "hidden_size": sizes["vision_hidden_size"],
@@ -143,6 +144,7 @@ def _tiny_config(sizes: TinySizes, vocab: int, ids: dict[str, int]) -> Idefics3C
         "num_attention_heads": sizes["vision_heads"],
         "image_size": sizes["crop_size"],
         "patch_size": sizes["patch_size"],
+        "initializer_range": TINY_INIT_STD,
     }
     return Idefics3Config(
         text_config=text,
