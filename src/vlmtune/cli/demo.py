@@ -38,6 +38,8 @@ SUMMARY_METRICS = ("parse_rate", "category_accuracy", "title_exact_match", "pric
 STAGES = ("prepare", "init-model", "train", "eval")
 """Stages as reused: synth and prepare are one (the catalog's URLs name that run's image server)."""
 _STATE = "demo_stages.json"
+_PACKAGED_RECIPE = resources.files("vlmtune") / "configs" / "demo.yaml"
+"""The demo's recipe, package data so that the demo runs from a wheel as well as from a clone."""
 
 
 @dataclass
@@ -51,8 +53,8 @@ class DemoArgs:
     seed: int = flag("--seed", default=0)
     """One seed for the catalog, the split, the initial weights and training."""
     family: str = flag("--family", default="phi3v")
-    """Model family of the small model (phi3v, qwen2_5_vl, smolvlm, gemma3); its recipe is the
-    packaged ``vlmtune/configs/demo_FAMILY.yaml`` when there is one, else ``demo.yaml``."""
+    """Model family of the small model (phi3v, qwen2_5_vl, smolvlm, gemma3). Every family trains
+    with the same recipe, so their demos compare like for like."""
     quick: bool = flag("--quick", default=False)
     """A ~15 s run (240 products, 40 steps) that proves every stage works (the test suite runs
     it), not the quality."""
@@ -300,14 +302,7 @@ def _recipe_text(args: DemoArgs) -> str:
                 "pass train_config=FILE"
             )
         return Path(args.train_config).read_text(encoding="utf-8")
-    return _packaged_recipe(args).read_text(encoding="utf-8")
-
-
-def _packaged_recipe(args: DemoArgs) -> Any:
-    """The family's own demo recipe (``configs/demo_FAMILY.yaml``) when packaged, else ``demo.yaml``."""
-    configs = resources.files("vlmtune") / "configs"
-    own = configs / f"demo_{args.family}.yaml"
-    return own if own.is_file() else configs / "demo.yaml"
+    return _PACKAGED_RECIPE.read_text(encoding="utf-8")
 
 
 def _train_config(args: DemoArgs, paths: dict[str, Path]) -> Any:
@@ -316,8 +311,7 @@ def _train_config(args: DemoArgs, paths: dict[str, Path]) -> Any:
     if args.train_config is not None:
         _recipe_text(args)
         return _load_recipe(TrainConfig, Path(args.train_config), args, paths)
-    # package data, so the demo runs from a wheel as well as from a clone
-    with resources.as_file(_packaged_recipe(args)) as path:
+    with resources.as_file(_PACKAGED_RECIPE) as path:
         return _load_recipe(TrainConfig, path, args, paths)
 
 
