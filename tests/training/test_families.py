@@ -94,7 +94,7 @@ def test_every_tiny_model_starts_at_the_tiny_phi3v_weight_scale(family_inputs):
     name, inputs = family_inputs
     model = OWN_CLASSES[name].from_pretrained(str(inputs.checkpoint))
     stds = {
-        n: float(p.std())
+        n: float(p.detach().std())
         for n, p in model.named_parameters()
         if p.ndim >= 2
         and not n.endswith("_GN")  # Phi-3-V's image separators
