@@ -142,8 +142,7 @@ def _tiny_config(
         "image_size": side,
         "patch_size": sizes["patch_size"],
         "vision_use_head": False,
-        "initializer_range": TINY_INIT_STD,
-    }
+    }  # SigLIP draws its own weights (Xavier), whatever the initializer_range
     return Gemma3Config(
         text_config=text,
         vision_config=vision,
