@@ -4,21 +4,22 @@ which starts real uvicorn servers on 127.0.0.1 in threads (see ``serve_fixtures`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from serve_fixtures import GatedGenerate, Loaded, Running, eval_fixtures
 
+from live_server import live_server
 from vlmtune.inference.listing_schema import resolve_schema
 from vlmtune.inference.loading import load_model_and_processor
 from vlmtune.serving.app import create_app
 from vlmtune.serving.args import ServeArgs
 from vlmtune.serving.batcher import Batcher
-from vlmtune.serving.server import bind_socket, build_state, listing_generator
+from vlmtune.serving.server import build_state, listing_generator
 
 
 @pytest.fixture(scope="session")
@@ -35,39 +36,33 @@ def serve(loaded: Loaded) -> Iterator[Callable[..., Running]]:
 
     ``deadline=EVENT``: every request's deadline comes when the test sets ``EVENT`` (not after
     ``timeout`` seconds), so that what times out does not depend on the machine's speed."""
-    started: list[tuple[Running, threading.Thread]] = []
-    deadlines: list[threading.Event] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(deadline: threading.Event | None = None, **fields: Any) -> Running:
-        args = ServeArgs(model=loaded.path, **{"port": 0, **fields})
-        schema = loaded.schema if args.inference.generation.constrained else None
-        state = build_state(args, loaded.model, loaded.processor, "listing-model", schema)
-        if deadline is not None:
-            state.deadline = functools.partial(_until_set, deadline)
-            deadlines.append(deadline)
-        gated = GatedGenerate(
-            listing_generator(loaded.model, loaded.processor, state.template, args, schema)
-        )
-        state.batcher = Batcher(
-            gated, args.max_batch, args.max_wait_ms / 1000, args.max_queue, state.batcher.metrics
-        ).start()
-        sock = bind_socket("127.0.0.1", 0)
-        config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        running = Running(f"http://127.0.0.1:{sock.getsockname()[1]}", state, gated, server)
-        started.append((running, thread))
-        return running
+        def start(deadline: threading.Event | None = None, **fields: Any) -> Running:
+            args = ServeArgs(model=loaded.path, **{"port": 0, **fields})
+            schema = loaded.schema if args.inference.generation.constrained else None
+            state = build_state(args, loaded.model, loaded.processor, "listing-model", schema)
+            if deadline is not None:
+                state.deadline = functools.partial(_until_set, deadline)
+            gated = GatedGenerate(
+                listing_generator(loaded.model, loaded.processor, state.template, args, schema)
+            )
+            state.batcher = Batcher(
+                gated,
+                args.max_batch,
+                args.max_wait_ms / 1000,
+                args.max_queue,
+                state.batcher.metrics,
+            ).start()
+            # on exit, last first: let every held request go, stop the server, then the batcher
+            stack.callback(state.batcher.close, 10)
+            url = stack.enter_context(live_server(create_app(state)))
+            stack.callback(gated.go.set)
+            if deadline is not None:
+                stack.callback(deadline.set)
+            return Running(url, state, gated)
 
-    yield start
-    for event in deadlines:
-        event.set()
-    for running, thread in started:
-        running.generate.go.set()
-        running.server.should_exit = True
-        thread.join(30)
-        running.state.batcher.close(10)
+        yield start
 
 
 async def _until_set(event: threading.Event) -> None:

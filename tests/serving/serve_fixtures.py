@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from PIL import Image
 
 from vlmtune.serving.app import ServeState
@@ -77,7 +76,6 @@ class Running:
     url: str
     state: ServeState
     generate: GatedGenerate
-    server: uvicorn.Server
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,12 @@ resume), eval, predict, merge and serve work for it."""
 from __future__ import annotations
 
 import json
-import threading
 from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import uvicorn
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -21,6 +19,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from live_server import live_server
 from tiny_model import tiny_overrides
 from vlmtune.cli.main import main
 from vlmtune.data.collator import VisionSFTCollator
@@ -38,7 +37,7 @@ from vlmtune.models.folder import ModelFolderError
 from vlmtune.models.phi3v import Phi3VForCausalLM
 from vlmtune.serving.app import create_app
 from vlmtune.serving.args import ServeArgs
-from vlmtune.serving.server import bind_socket, build_state
+from vlmtune.serving.server import build_state
 from vlmtune.training.args import LoraArgs, ModelArgs, TrainArgs, TrainConfig
 from vlmtune.training.build import build_model, load_processor
 from vlmtune.training.merge import merge_adapter
@@ -245,22 +244,15 @@ def _serves_a_listing(run: Path, model: torch.nn.Module, processor, photo: Path)
     schema = resolve_schema(check_model(run).model_dir)
     state = build_state(args, model, processor, "run", schema)
     state.batcher.start()
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/listings"
-        files = [("images", (photo.name, photo.read_bytes(), "image/jpeg"))]
-        answer = httpx.post(url, files=files, timeout=120)
-        assert answer.status_code == 200, answer.text
-        (listing,) = answer.json()["listings"]
-        assert listing["raw_text"].startswith("Product: "), listing
+        with live_server(create_app(state)) as url:
+            files = [("images", (photo.name, photo.read_bytes(), "image/jpeg"))]
+            answer = httpx.post(f"{url}/v1/listings", files=files, timeout=120)
     finally:
-        server.should_exit = True
-        thread.join(30)
         state.batcher.close(10)
-        sock.close()
+    assert answer.status_code == 200, answer.text
+    (listing,) = answer.json()["listings"]
+    assert listing["raw_text"].startswith("Product: "), listing
 
 
 def test_init_model_cli_builds_each_family_and_names_the_known_ones(tiny_inputs, tmp_path, capsys):
